@@ -1,0 +1,43 @@
+"""LoRA adapters on a loaded model, with k-bit preparation when the base weights are quantized."""
+
+import logging
+
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import PreTrainedModel
+
+log = logging.getLogger(__name__)
+CHECKPOINTING = {"use_reentrant": False}
+
+
+def is_quantized(model: PreTrainedModel) -> bool:
+    """True when bitsandbytes quantized the base weights (4-bit or 8-bit)."""
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def apply_lora(model: PreTrainedModel, lora_config: LoraConfig, gradient_checkpointing: bool) -> PeftModel:
+    """Wrap ``model`` with trainable LoRA adapters; only the adapters require grad afterwards.
+
+    Quantized bases go through ``peft.prepare_model_for_kbit_training`` (norms in fp32, input grads on), which is
+    what makes QLoRA train stably.
+
+    Args:
+        model: the loaded base model.
+        lora_config: the adapters' configuration (``conf/lora/*.yaml``).
+        gradient_checkpointing: recompute activations in the backward pass.
+
+    Returns:
+        The ``PeftModel``.
+    """
+    if is_quantized(model):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=CHECKPOINTING)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING)
+        model.enable_input_require_grads()
+    model.config.use_cache = False
+    peft_model = get_peft_model(model, lora_config)
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    log.info("LoRA r=%s on %s: %s trainable of %s parameters (%.3f%%)", lora_config.r,
+             sorted(peft_model.peft_config["default"].target_modules), f"{trainable:,}", f"{total:,}",
+             100 * trainable / total)
+    return peft_model

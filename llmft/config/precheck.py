@@ -1,0 +1,197 @@
+"""Fail fast and clearly on a bad command line, before Hydra runs anything.
+
+The overrides are composed with Hydra's compose API (each value of a sweep in turn) and the composed config is
+validated. Hydra's and OmegaConf's exceptions are translated into one paragraph that names the key, the value
+and what is allowed; anything not foreseen here is left for Hydra to report.
+"""
+
+import dataclasses
+import difflib
+import sys
+from pathlib import Path
+from typing import List, NoReturn, Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+from llmft.config import schema  # noqa: F401  (registers train_schema)
+from llmft.config.validate import validate
+from llmft.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+FLAGS_WITHOUT_RUN = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
+                     "--version", "--resolve", "-p", "--package"}
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``message`` as one paragraph on stderr and exit with ``code``."""
+    sys.stderr.write(f"llmft-train: error: {message}\n")
+    sys.exit(code)
+
+
+def precheck(argv: Sequence[str]) -> None:
+    """Compose and validate the run(s) that ``argv`` asks for; exit with a clear message if one is invalid."""
+    if any(a.split("=")[0] in FLAGS_WITHOUT_RUN for a in argv):
+        return
+    config_dir, config_name, overrides = _split_argv(argv)
+    if config_dir is None:
+        return
+    try:
+        for variant in _variants(overrides):
+            check_overrides(variant, config_dir, config_name)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def check_overrides(overrides: List[str], config_dir: Path = CONFIG_DIR, config_name: str = "train") -> None:
+    """Compose ``overrides`` and validate the result.
+
+    Raises:
+        ConfigError: a one-paragraph explanation of what is wrong and what is allowed.
+    """
+    try:
+        cfg = _compose(overrides, config_dir, config_name)
+    except MissingConfigException as exc:
+        raise ConfigError(_missing_option(exc, overrides, config_dir)) from None
+    except ConfigCompositionException as exc:
+        raise ConfigError(_composition_error(exc, overrides, config_dir, config_name)) from None
+    except OverrideParseException as exc:
+        raise ConfigError(f"cannot parse an override: {exc}") from None
+    OmegaConf.resolve(cfg)
+    validate(cfg, bind_targets=False)
+
+
+def _compose(overrides: List[str], config_dir: Path, config_name: str):
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+def _split_argv(argv: Sequence[str]):
+    """Return (config dir, config name, overrides); config dir None when the arguments are not a plain run."""
+    config_dir, config_name, overrides = CONFIG_DIR, "train", []
+    args = iter(argv)
+    for arg in args:
+        if arg in ("-m", "--multirun"):
+            continue
+        if arg in ("-cd", "--config-dir"):
+            config_dir = Path(next(args, "")).resolve()
+        elif arg.startswith("--config-dir="):
+            config_dir = Path(arg.split("=", 1)[1]).resolve()
+        elif arg in ("-cn", "--config-name"):
+            config_name = next(args, "train")
+        elif arg.startswith("--config-name="):
+            config_name = arg.split("=", 1)[1]
+        elif arg.startswith("-"):
+            return None, config_name, []
+        elif not arg.lstrip("+~").startswith("hydra"):
+            overrides.append(arg)
+    return config_dir, config_name, overrides
+
+
+def _variants(overrides: List[str]) -> List[List[str]]:
+    """One override list per value of each sweep (not the full grid): every value gets composed once."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as exc:
+        raise ConfigError(f"cannot parse the command line: {exc}") from None
+    choices: List[List[str]] = []
+    for override, text in zip(parsed, overrides):
+        key = text.split("=", 1)[0]
+        if override.is_sweep_override():
+            try:
+                values = list(override.sweep_string_iterator())
+            except Exception:  # interval() or tag(): a sweeper's search space, not a list of values
+                values = []
+            choices.append([f"{key}={v}" for v in values])
+        else:
+            choices.append([text])
+    firsts = [c[0] if c else None for c in choices]
+    variants = [firsts] + [firsts[:i] + [value] + firsts[i + 1:]
+                           for i, values in enumerate(choices) for value in values[1:]]
+    return [[o for o in v if o] for v in variants]
+
+
+def _options(config_dir: Path, group: str) -> List[str]:
+    return sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+
+
+def _missing_option(exc: MissingConfigException, overrides: List[str], config_dir: Path) -> str:
+    missing = str(getattr(exc, "missing_cfg_file", "") or "")
+    group, _, option = missing.rpartition("/")
+    options = _options(config_dir, group) if group else []
+    if not options:
+        return f"{str(exc).splitlines()[0]}"
+    hint = difflib.get_close_matches(option, options, n=1)
+    suggestion = f" (did you mean {group}={hint[0]}?)" if hint else ""
+    return (f"{group}={option} is not an option of the {group} group{suggestion}. "
+            f"The options are: {', '.join(options)} (files in conf/{group}/). To add one, write "
+            f"conf/{group}/{option}.yaml.")
+
+
+def _composition_error(exc: ConfigCompositionException, overrides: List[str], config_dir: Path,
+                       config_name: str) -> str:
+    cause = exc.__cause__
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and getattr(cause, "full_key", None):
+        return _unknown_key(cause.full_key, overrides, config_dir, config_name)
+    if isinstance(cause, ValidationError) and getattr(cause, "full_key", None):
+        value = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == cause.full_key),
+                     None)
+        expected = _expected_type(cause.full_key)
+        return (f"{cause.full_key}={value} has the wrong type: {cause.full_key} takes {expected}. "
+                f"{_help(cause.full_key)}").strip()
+    lines = [line for part in (exc, cause) if part is not None for line in str(part).splitlines()[:1]]
+    return " ".join(lines) or f"the configuration could not be composed ({type(cause or exc).__name__})."
+
+
+def _unknown_key(full_key: str, overrides: List[str], config_dir: Path, config_name: str) -> str:
+    parent, _, key = full_key.rpartition(".")
+    keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != full_key]
+    try:
+        cfg = _compose(keep, config_dir, config_name)
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+    except Exception:  # the remaining overrides are broken too: list no keys rather than fail here
+        node = None
+    known = [str(k) for k in node.keys()] if node is not None and OmegaConf.is_dict(node) else []
+    known = [k for k in known if not k.startswith("_")]
+    hint = difflib.get_close_matches(key, known, n=1)
+    where = parent or "the top level"
+    suggestion = f" (did you mean {parent + '.' if parent else ''}{hint[0]}?)" if hint else ""
+    return (f"{full_key} is not a key of {where}{suggestion}. "
+            f"The keys of {where} are: {', '.join(known)}. If you meant to add a new key, write +{full_key}=...")
+
+
+def _schema_field(full_key: str):
+    node = schema.TrainConf
+    found = None
+    for part in full_key.split("."):
+        fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+        found = fields.get(part)
+        if found is None:
+            return None
+        node = found.type
+    return found
+
+
+def _expected_type(full_key: str) -> str:
+    f = _schema_field(full_key)
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    if f is None:
+        return "another type"
+    t = f.type
+    args = getattr(t, "__args__", None)
+    base = next((a for a in args if a is not type(None)), t) if args else t
+    text = names.get(base, str(base))
+    return text + (" or null" if args and type(None) in args else "")
+
+
+def _help(full_key: str) -> str:
+    f = _schema_field(full_key)
+    if f is None or not f.metadata:
+        return ""
+    limits = ", ".join(f"{k} {v}" for k, v in f.metadata.items() if k in ("ge", "gt", "le", "lt"))
+    choices = f.metadata.get("choices")
+    extra = f"; allowed: {', '.join(choices)}" if choices else (f"; limits: {limits}" if limits else "")
+    return f"({f.metadata.get('help', '')}{extra}.)"

@@ -1,0 +1,27 @@
+"""OmegaConf resolvers used by the YAML files in ``conf/``.
+
+``${dtype:bf16}`` maps a precision name to a torch dtype name (``bfloat16``), so that the quantization config
+takes its compute dtype from the hardware profile. ``${sample_data:kubernetes}`` is the folder of a dataset
+bundled with the package, wherever the package is installed.
+"""
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+PRECISION_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+SAMPLE_DATA = Path(__file__).resolve().parent.parent / "sample_data"
+
+
+def precision_to_dtype(precision: str) -> str:
+    """Return the torch dtype name for a precision name (``bf16`` -> ``bfloat16``)."""
+    return PRECISION_DTYPES.get(str(precision), str(precision))
+
+
+def sample_data(name: str) -> str:
+    """Return the absolute path of a dataset bundled in ``llmft/sample_data``."""
+    return str(SAMPLE_DATA / name)
+
+
+OmegaConf.register_new_resolver("dtype", precision_to_dtype, replace=True)
+OmegaConf.register_new_resolver("sample_data", sample_data, replace=True)

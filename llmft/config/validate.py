@@ -1,0 +1,108 @@
+"""Checks on a composed configuration that run before any weight or record is loaded.
+
+Hydra and the typed schema already reject unknown keys and values of the wrong type. Here: the ranges and
+choices declared in ``llmft.config.schema``, the allowed ``_target_`` prefixes, and that each ``_target_``'s keys
+bind to its signature. Every failure is a ``ConfigError`` whose message names the key and what is allowed.
+"""
+
+import dataclasses
+import difflib
+import inspect
+from typing import Any, Iterator, Tuple
+
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from llmft.config.schema import TrainConf
+from llmft.errors import ConfigError
+
+ALLOWED_TARGET_PREFIXES = ("llmft.", "peft.", "transformers.", "torch.", "bitsandbytes.")
+HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+
+def validate(cfg: DictConfig, bind_targets: bool = True) -> None:
+    """Raise ``ConfigError`` if ``cfg`` breaks a declared range or names a target it should not.
+
+    Args:
+        cfg: the composed run configuration (``conf/train.yaml`` and its groups).
+        bind_targets: also import each ``_target_`` and bind its keys to its signature (seconds: it imports
+            torch, transformers and peft); without it only the prefixes are checked.
+
+    Raises:
+        ConfigError: with a message that names the key, the value and what is allowed.
+    """
+    _check_limits(cfg, TrainConf, "")
+    for path, node in iter_targets(cfg):
+        check_prefix(path, node._target_)
+        if bind_targets:
+            check_target(path, node)
+
+
+def _check_limits(node: DictConfig, schema: type, prefix: str) -> None:
+    for f in dataclasses.fields(schema):
+        key = f"{prefix}{f.name}"
+        if OmegaConf.is_missing(node, f.name):
+            raise ConfigError(f"{key} has no value. Set it on the command line ({key}=...) or in a config file. "
+                              f"{f.metadata.get('help', '')}".strip())
+        value = node[f.name]
+        if dataclasses.is_dataclass(f.type):
+            _check_limits(value, f.type, key + ".")
+        elif f.metadata and value is not None:
+            _check_value(key, value, f.metadata)
+
+
+def _check_value(key: str, value: Any, meta: dict) -> None:
+    bounds = [("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b),
+              ("le", "<=", lambda v, b: v <= b), ("lt", "<", lambda v, b: v < b)]
+    broken = [f"{sign} {meta[name]}" for name, sign, ok in bounds if name in meta and not ok(value, meta[name])]
+    allowed = " and ".join(f"{sign} {meta[name]}" for name, sign, _ in bounds if name in meta)
+    if broken:
+        raise ConfigError(f"{key}={value} is out of range: it must be {allowed} ({meta.get('help', '')}). "
+                          f"Override it on the command line, e.g. {key}=<value>.")
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{key}={value} is not allowed: choose one of {', '.join(map(str, meta['choices']))} "
+                          f"({meta.get('help', '')}).")
+
+
+def iter_targets(node: Any, path: str = "") -> Iterator[Tuple[str, DictConfig]]:
+    """Yield ``(dotted path, node)`` for every node of ``node`` that has a ``_target_``."""
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield path, node
+        for key in node:
+            yield from iter_targets(node._get_node(key), f"{path}.{key}" if path else str(key))
+    elif isinstance(node, ListConfig) and not node._is_none():
+        for i, item in enumerate(node):
+            yield from iter_targets(item, f"{path}[{i}]")
+
+
+def check_prefix(path: str, target: str) -> None:
+    """Check that ``target`` starts with an allowed prefix, so that a config file cannot run arbitrary code."""
+    if not str(target).startswith(ALLOWED_TARGET_PREFIXES):
+        raise ConfigError(f"{path or 'the config'}._target_={target} is not allowed: targets must start with one of "
+                          f"{', '.join(ALLOWED_TARGET_PREFIXES)} so that a config file cannot run arbitrary code.")
+
+
+def check_target(path: str, node: DictConfig) -> None:
+    """Check that ``node._target_`` imports and accepts ``node``'s keys as keyword arguments."""
+    target = node._target_
+    where = path or "the config"
+    try:
+        obj = get_object(target)
+    except Exception as exc:  # ImportError, AttributeError, Hydra's InstantiationException
+        raise ConfigError(f"{where}._target_={target} cannot be imported ({exc}). Check the spelling, or install "
+                          "the package that provides it.") from None
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return  # a builtin without a signature: nothing to check
+    keys = [str(k) for k in node if k not in HYDRA_KEYS]
+    try:
+        signature.bind_partial(**{k: None for k in keys})
+    except TypeError:
+        params = [p for p in signature.parameters if p not in ("self", "args", "kwargs")]
+        unknown = [k for k in keys if k not in signature.parameters]
+        hint = difflib.get_close_matches(unknown[0], params, n=1) if unknown else []
+        raise ConfigError(f"{where}.{unknown[0] if unknown else '?'} is not an argument of {target}"
+                          f"{f' (did you mean {where}.{hint[0]}?)' if hint else ''}. Its arguments: "
+                          f"{', '.join(params)}.") from None

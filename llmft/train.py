@@ -1,0 +1,41 @@
+"""``llmft-train``: compose the run's configuration with Hydra and hand it to ``llmft.pipeline.run``."""
+
+import logging
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from llmft.config import schema  # noqa: F401  (registers train_schema)
+from llmft.config.precheck import CONFIG_DIR, fail, precheck
+from llmft.errors import LlmftError
+
+log = logging.getLogger("llmft")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def hydra_main(cfg: DictConfig) -> float:
+    """Run one job; returns the validation loss (what a sweeper minimises)."""
+    from llmft.pipeline import run  # torch, transformers and peft load here, after the overrides are checked
+
+    hydra_cfg = HydraConfig.get()
+    try:
+        summary = run(cfg, hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task))
+    except LlmftError as exc:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            log.error("Job failed (the sweep goes on): %s", exc)
+            return float("nan")
+        fail(str(exc), code=1)
+    return summary.get("eval_loss", summary.get("final_train_loss", float("nan")))
+
+
+def main() -> None:
+    """Console script: check the overrides in seconds, then run Hydra."""
+    precheck(sys.argv[1:])
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()
