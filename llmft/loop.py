@@ -103,6 +103,7 @@ class TrainingLoop:
         with logging_redirect_tqdm():
             for step in range(1, total + 1):
                 window = next(windows)
+                lr = sched.get_last_lr()[0]  # the rate this step uses
                 loss, n_tokens, grad_norm = self._step(model, window, accelerator, params, opt, sched)
                 tokens += n_tokens
                 if not math.isfinite(loss):
@@ -111,7 +112,7 @@ class TrainingLoop:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / elapsed:.0f}")
                 if step % self.log_every == 0 or step == total:
-                    self._log(recorder, step, step / steps_per_epoch, loss, sched.get_last_lr()[0], grad_norm,
+                    self._log(recorder, step, step / steps_per_epoch, loss, lr, grad_norm,
                               tokens / elapsed, total)
         bar.close()
         duration = time.perf_counter() - start

@@ -88,11 +88,17 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder) -> Dict[str, Any
 
 
 def build(node: Any, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` that logs what it builds; None stays None (e.g. ``quantization=none``)."""
+    """``hydra.utils.instantiate`` that logs what it builds; None stays None (e.g. ``quantization=none``).
+
+    ``kwargs`` are objects built earlier (a quantization config, a cache folder); they are passed to the target
+    directly, not through Hydra, which would turn them into configs.
+    """
     if node is None:
         return None
     log.info("Building %s", node._target_)
-    return instantiate(node, _convert_="all", **kwargs)
+    if not kwargs:
+        return instantiate(node, _convert_="all")
+    return instantiate(node, _partial_=True, _convert_="all")(**kwargs)
 
 
 def _check_device(hardware: DictConfig) -> None:

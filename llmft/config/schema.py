@@ -67,9 +67,9 @@ class HardwareConf:
 @dataclass
 class TrainerConf:
     _target_: str = "llmft.loop.TrainingLoop"
-    learning_rate: float = rule(2e-4, "peak learning rate", gt=0.0, le=1.0)
+    learning_rate: float = rule(1e-3, "peak learning rate", gt=0.0, le=1.0)
     weight_decay: float = rule(0.0, "AdamW weight decay", ge=0.0)
-    num_epochs: float = rule(1.0, "passes over the training data (ignored when max_steps is set)", gt=0.0)
+    num_epochs: float = rule(2.0, "passes over the training data (ignored when max_steps is set)", gt=0.0)
     max_steps: Optional[int] = rule(None, "optimizer steps to run (null: from num_epochs)", ge=1)
     warmup_ratio: float = rule(0.1, "share of the steps spent warming up the learning rate", ge=0.0, lt=1.0)
     lr_scheduler: str = rule("cosine", "learning-rate schedule",
