@@ -1,0 +1,35 @@
+"""``llmft-train`` as a user runs it: a Hydra run folder with the composed config, the log and the results."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import yaml
+
+
+def test_smoke_experiment_from_the_command_line_writes_a_complete_run_folder(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    cmd = [shutil.which("llmft-train") or sys.executable, "experiment=smoke", "lora.r=4",
+           f"paths.cache_dir={cache_dir}", f"hydra.run.dir={out}"]
+    if not shutil.which("llmft-train"):
+        cmd[1:1] = ["-m", "llmft.train"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert {".hydra", "adapter", "metrics.jsonl", "eval_report.json", "summary.json", "train.log"} <= \
+        {p.name for p in out.iterdir()}
+    composed = yaml.safe_load((out / ".hydra" / "config.yaml").read_text())
+    assert composed["lora"]["r"] == 4 and composed["model"]["_target_"] == "llmft.models.build_tiny"
+    assert "lora.r=4" in yaml.safe_load((out / ".hydra" / "overrides.yaml").read_text())
+    log = (out / "train.log").read_text()
+    assert "step 4/4" in log and "Done in" in log and str(out) in log
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 4
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+
+
+def test_help_lists_the_config_groups():
+    result = subprocess.run([sys.executable, "-m", "llmft.train", "--help"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0
+    for group in ("model:", "quantization:", "lora:", "hardware:", "eval:"):
+        assert group in result.stdout
