@@ -32,9 +32,10 @@ def apply_lora(model: PreTrainedModel, lora_config: LoraConfig, gradient_checkpo
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
                                                 gradient_checkpointing_kwargs=CHECKPOINTING)
     elif gradient_checkpointing:
-        # transformers 5 renamed gradient_checkpointing_enable; take whichever this version has
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs=CHECKPOINTING)
+        if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=CHECKPOINTING)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING)
         model.enable_input_require_grads()
     model.config.use_cache = False
     peft_model = get_peft_model(model, lora_config)

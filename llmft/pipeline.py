@@ -64,6 +64,7 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder) -> Dict[str, Any
     tokenize = functools.partial(tokenize_records, tokenizer=tokenizer, max_seq_length=cfg.data.max_seq_length,
                                  train_on_prompt=cfg.data.train_on_prompt)
     (train_set, train_dropped), (val_set, _) = tokenize(splits.train, split="train"), tokenize(splits.val, split="val")
+    set_seed(cfg.seed)  # the adapters' initial weights do not depend on what loading did (a first-run conversion)
     model = apply_lora(loaded.model, build(cfg.lora), hardware.gradient_checkpointing)
     if quantization is None:
         model.to(hardware.device)

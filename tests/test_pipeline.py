@@ -85,7 +85,8 @@ def test_saved_adapter_reloads_onto_the_base_and_reproduces_the_eval_loss(tiny_r
 
 def test_same_seed_same_loss_curve(make_cfg, tmp_path):
     cfg = make_cfg([*TINY_NO_EVAL, "trainer.max_steps=3"])
-    run(cfg, tmp_path / "a")
+    fresh = make_cfg([*TINY_NO_EVAL, "trainer.max_steps=3", f"paths.cache_dir={tmp_path / 'fresh-cache'}"])
+    run(fresh, tmp_path / "a")  # builds the tiny model first: that must not change the random state
     run(cfg, tmp_path / "b")
     losses = [[r["loss"] for r in read_jsonl(tmp_path / d / "metrics.jsonl")] for d in "ab"]
     assert losses[0] == losses[1]
@@ -141,10 +142,11 @@ def test_a_failed_run_records_status_and_reason_and_keeps_its_folder(make_cfg, t
 
 
 def test_gradient_checkpointing_gives_the_same_loss(make_cfg, tmp_path):
-    plain = run(make_cfg([*TINY_NO_EVAL, "trainer.max_steps=2"]), tmp_path / "a")
-    ckpt = run(make_cfg([*TINY_NO_EVAL, "trainer.max_steps=2", "hardware.gradient_checkpointing=true"]),
+    plain = run(make_cfg([*TINY_NO_EVAL, "trainer.max_steps=2", "lora.lora_dropout=0"]), tmp_path / "a")
+    ckpt = run(make_cfg([*TINY_NO_EVAL, "trainer.max_steps=2", "lora.lora_dropout=0",
+                         "hardware.gradient_checkpointing=true"]),
                tmp_path / "b")
-    assert ckpt["final_train_loss"] == pytest.approx(plain["final_train_loss"], rel=1e-5)
+    assert ckpt["final_train_loss"] == pytest.approx(plain["final_train_loss"], rel=1e-6)
 
 
 def test_a_gpu_profile_without_cuda_stops_before_loading(make_cfg, tmp_path):

@@ -71,10 +71,11 @@ def build_tiny(
     if not (folder / "config.json").exists():
         config = LlamaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                              bos_token_id=tok.bos_token_id, **arch)
-        torch.manual_seed(init_seed)
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=root))
-        LlamaForCausalLM(config).save_pretrained(tmp)
+        with torch.random.fork_rng(devices=[]):  # leave the run's random state as it was
+            torch.manual_seed(init_seed)
+            LlamaForCausalLM(config).save_pretrained(tmp)
         tok.save_pretrained(tmp)
         if not folder.exists():  # another process may have built the same model meanwhile
             tmp.rename(folder)
