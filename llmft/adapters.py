@@ -1,6 +1,7 @@
 """LoRA adapters on a loaded model, with k-bit preparation when the base weights are quantized."""
 
 import logging
+import warnings
 
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import PreTrainedModel
@@ -38,7 +39,9 @@ def apply_lora(model: PreTrainedModel, lora_config: LoraConfig, gradient_checkpo
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING)
         model.enable_input_require_grads()
     model.config.use_cache = False
-    peft_model = get_peft_model(model, lora_config)
+    with warnings.catch_warnings():  # peft still calls a name transformers 5 deprecated; nothing for users to do
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(model, lora_config)
     trainable, total = peft_model.get_nb_trainable_parameters()
     log.info("LoRA r=%s on %s: %s trainable of %s parameters (%.3f%%)", lora_config.r,
              sorted(peft_model.peft_config["default"].target_modules), f"{trainable:,}", f"{total:,}",

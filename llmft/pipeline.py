@@ -36,6 +36,7 @@ def run(cfg: DictConfig, output_dir, overrides: Sequence[str] = ()) -> Dict[str,
     validate(cfg)
     _check_device(cfg.hardware)
     recorder = RunRecorder(Path(output_dir))
+    log.info("Run folder: %s", recorder.output_dir.resolve())
     summary: Dict[str, Any] = {"status": "running", "overrides": list(overrides)}
     start = time.perf_counter()
     try:

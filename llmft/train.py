@@ -20,6 +20,12 @@ def hydra_main(cfg: DictConfig) -> float:
     """Run one job; returns the validation loss (what a sweeper minimises)."""
     from llmft.pipeline import run  # torch, transformers and peft load here, after the overrides are checked
 
+    if not sys.stderr.isatty():  # in a log file, progress bars are noise: keep the plain lines
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
     hydra_cfg = HydraConfig.get()
     try:
         summary = run(cfg, hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task))

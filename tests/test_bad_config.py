@@ -9,6 +9,8 @@ import pytest
 CASES = [
     ("lora.r=abc", "lora.r=abc has the wrong type: lora.r takes an integer"),
     ("lora.rr=8", "lora.rr is not a key of lora (did you mean lora.r?)"),
+    ("model.revison=v1", "model.revison is not a key of model (did you mean model.revision?)"),
+    ("model.revision=v1", "write +model.revision=..."),
     ("quantization=nf5", "quantization=nf5 is not an option of the quantization group (did you mean quantization=nf4?). "
                          "The options are: fp4, int8, nf4, none"),
     ("lora.r=0", "lora.r=0 is out of range: it must be >= 1"),

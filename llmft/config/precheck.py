@@ -155,12 +155,34 @@ def _unknown_key(full_key: str, overrides: List[str], config_dir: Path, config_n
     except Exception:  # the remaining overrides are broken too: list no keys rather than fail here
         node = None
     known = [str(k) for k in node.keys()] if node is not None and OmegaConf.is_dict(node) else []
+    target = node.get("_target_") if node is not None and OmegaConf.is_dict(node) else None
     known = [k for k in known if not k.startswith("_")]
-    hint = difflib.get_close_matches(key, known, n=1)
+    typed = _schema_field(parent) is not None and dataclasses.is_dataclass(_schema_field(parent).type)
+    accepted = [] if typed else _arguments(target)  # a typed node takes only its schema's keys
+    if key in accepted:
+        return (f"{full_key} is an argument of {target} that this {parent} option does not set, so Hydra needs it "
+                f"added rather than overridden: write +{full_key}=... (or ++{full_key}=... to add or override).")
+    hint = difflib.get_close_matches(key, known + accepted, n=1)
     where = parent or "the top level"
     suggestion = f" (did you mean {parent + '.' if parent else ''}{hint[0]}?)" if hint else ""
+    extra = [a for a in accepted if a not in known]
+    also = f"; {target} also takes: {', '.join(extra)} (add those with +{parent}.KEY=...)" if extra else ""
     return (f"{full_key} is not a key of {where}{suggestion}. "
-            f"The keys of {where} are: {', '.join(known)}. If you meant to add a new key, write +{full_key}=...")
+            f"The keys of {where} are: {', '.join(known)}{also}.")
+
+
+def _arguments(target) -> List[str]:
+    """The keyword arguments of a ``_target_`` (imports it: only on this error path)."""
+    if not target:
+        return []
+    try:
+        import inspect
+
+        from hydra.utils import get_object
+
+        return [p for p in inspect.signature(get_object(target)).parameters if p not in ("self", "args", "kwargs")]
+    except Exception:  # not importable or no signature: the message below lists the config's keys instead
+        return []
 
 
 def _schema_field(full_key: str):
