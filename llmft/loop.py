@@ -50,11 +50,12 @@ class TrainingLoop:
         lr_scheduler: a ``transformers.get_scheduler`` name (``cosine``, ``linear``, ``constant`` ...).
         max_grad_norm: clip the gradient norm to this; None disables clipping.
         log_every: optimizer steps between lines of ``metrics.jsonl``.
+        eval_every: optimizer steps between validation losses (also written to ``metrics.jsonl``); None: never.
     """
 
     def __init__(self, learning_rate: float = 2e-4, weight_decay: float = 0.0, num_epochs: float = 1.0,
                  max_steps: Optional[int] = None, warmup_ratio: float = 0.1, lr_scheduler: str = "cosine",
-                 max_grad_norm: Optional[float] = 1.0, log_every: int = 1):
+                 max_grad_norm: Optional[float] = 1.0, log_every: int = 1, eval_every: Optional[int] = None):
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.num_epochs = num_epochs
@@ -63,9 +64,10 @@ class TrainingLoop:
         self.lr_scheduler = lr_scheduler
         self.max_grad_norm = max_grad_norm
         self.log_every = log_every
+        self.eval_every = eval_every
 
     def fit(self, model: torch.nn.Module, dataset, collate: Callable, *, hardware, optimizer: Callable,
-            recorder: RunRecorder, seed: int) -> TrainResult:
+            recorder: RunRecorder, seed: int, validate: Optional[Callable] = None) -> TrainResult:
         """Train ``model`` in place.
 
         Args:
@@ -76,6 +78,7 @@ class TrainingLoop:
             optimizer: a partial optimizer; called with the parameters, ``lr`` and ``weight_decay``.
             recorder: writes ``metrics.jsonl``.
             seed: seed of the data order.
+            validate: ``model -> {"eval_loss", "perplexity", ...}``, called every ``eval_every`` steps.
 
         Returns:
             Steps run, last logged loss, throughput and duration.
@@ -114,6 +117,8 @@ class TrainingLoop:
                 if step % self.log_every == 0 or step == total:
                     self._log(recorder, step, step / steps_per_epoch, loss, lr, grad_norm,
                               tokens / elapsed, total)
+                if validate is not None and self.eval_every and step % self.eval_every == 0:
+                    self._validate(recorder, validate, model, step, step / steps_per_epoch)
         bar.close()
         duration = time.perf_counter() - start
         return TrainResult(steps=total, final_loss=loss, tokens_per_s=tokens / duration, duration_s=duration)
@@ -144,6 +149,15 @@ class TrainingLoop:
         recorder.log_step(row)
         log.info("step %d/%d  epoch %.2f  loss %.4f  lr %.2e  grad_norm %.3f  %.0f tok/s", step, total,
                 epoch, loss, lr, grad_norm, tokens_per_s)
+
+
+    @staticmethod
+    def _validate(recorder, validate: Callable, model, step: int, epoch: float) -> None:
+        figures = validate(model)
+        recorder.log_step({"step": step, "epoch": round(epoch, 4), "eval_loss": figures["eval_loss"],
+                           "perplexity": figures["perplexity"]})
+        log.info("step %d  validation loss %.4f  perplexity %.2f", step, figures["eval_loss"], figures["perplexity"])
+        model.train()
 
 
 def _windows(loader: DataLoader, accum: int) -> Iterator[List[dict]]:

@@ -14,9 +14,9 @@ from omegaconf import DictConfig
 from llmft.adapters import apply_lora
 from llmft.config.resolvers import precision_to_dtype
 from llmft.config.validate import validate
-from llmft.data import load_splits, pad_collate, tokenize_records
+from llmft.data import Splits, load_splits, pad_collate, tokenize_records
 from llmft.errors import ConfigError
-from llmft.evaluation import build_eval_report, run_evaluators
+from llmft.evaluation import EvalData, Perplexity, build_eval_report, run_evaluators, samples_markdown
 from llmft.recording import RunRecorder, peak_memory_mb
 
 log = logging.getLogger(__name__)
@@ -56,28 +56,30 @@ def run(cfg: DictConfig, output_dir, overrides: Sequence[str] = ()) -> Dict[str,
 def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder) -> Dict[str, Any]:
     hardware = cfg.hardware
     set_seed(cfg.seed)
-    splits = load_splits(build(cfg.data_format), cfg.data.path, cfg.data.val_path, cfg.data.val_ratio, cfg.seed,
-                         cfg.data.max_samples)
+    splits = read_splits(cfg)
     quantization = build(cfg.quantization)
     loaded = build(cfg.model, quantization_config=quantization, dtype=precision_to_dtype(hardware.precision)
                    if hardware.device == "cuda" else "float32", device=hardware.device, cache_dir=cfg.paths.cache_dir)
     tokenizer = loaded.tokenizer
-    tokenize = functools.partial(tokenize_records, tokenizer=tokenizer, max_seq_length=cfg.data.max_seq_length,
-                                 train_on_prompt=cfg.data.train_on_prompt)
-    (train_set, train_dropped), (val_set, _) = tokenize(splits.train, split="train"), tokenize(splits.val, split="val")
+    (train_set, train_dropped), (val_set, _) = tokenize_split(cfg, tokenizer, splits.train, "train"), \
+        tokenize_split(cfg, tokenizer, splits.val, "val")
     set_seed(cfg.seed)  # the adapters' initial weights do not depend on what loading did (a first-run conversion)
     model = apply_lora(loaded.model, build(cfg.lora), hardware.gradient_checkpointing)
     if quantization is None:
         model.to(hardware.device)
     evaluators = {name: build(node) for name, node in (cfg.eval or {}).items()}
+    eval_data = EvalData(records=splits.val, tokenized=val_set)
     with model.disable_adapter():
-        base = run_evaluators(evaluators, model, tokenizer, val_set, "base")
+        base = run_evaluators(evaluators, model, tokenizer, eval_data, "base")
     loop = build(cfg.trainer)
     result = loop.fit(model, train_set, functools.partial(pad_collate, pad_token_id=tokenizer.pad_token_id),
-                      hardware=hardware, optimizer=build(hardware.optimizer), recorder=recorder, seed=cfg.seed)
-    tuned = run_evaluators(evaluators, model, tokenizer, val_set, "fine-tuned")
+                      hardware=hardware, optimizer=build(hardware.optimizer), recorder=recorder, seed=cfg.seed,
+                      validate=lambda m: Perplexity(hardware.micro_batch_size)(m, tokenizer, eval_data))
+    tuned = run_evaluators(evaluators, model, tokenizer, eval_data, "fine-tuned")
     report = build_eval_report(base, tuned)
     recorder.write_json("eval_report.json", report)
+    (recorder.output_dir / "samples.md").write_text(samples_markdown(report, f"{loaded.name}: base vs fine-tuned"),
+                                                    encoding="utf-8")
     _log_answers(report)
     model.save_pretrained(recorder.output_dir / "adapter")
     tokenizer.save_pretrained(recorder.output_dir / "adapter")
@@ -87,6 +89,18 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder) -> Dict[str, Any
             "perplexity": report.get("perplexity"), "base_perplexity": report["base"].get("perplexity"),
             "trainable_params": trainable, "total_params": total, "tokens_per_s": round(result.tokens_per_s, 1),
             "train_duration_s": round(result.duration_s, 1)}
+
+
+def read_splits(cfg: DictConfig) -> Splits:
+    """The training and validation records that ``cfg.data`` and ``cfg.data_format`` describe."""
+    return load_splits(build(cfg.data_format), cfg.data.path, cfg.data.val_path, cfg.data.val_ratio, cfg.seed,
+                       cfg.data.max_samples)
+
+
+def tokenize_split(cfg: DictConfig, tokenizer, records, split: str):
+    """Tokenize one split as training does; returns the dataset and the number of records dropped."""
+    return tokenize_records(records, tokenizer, max_seq_length=cfg.data.max_seq_length,
+                            train_on_prompt=cfg.data.train_on_prompt, split=split)
 
 
 def build(node: Any, **kwargs: Any) -> Any:

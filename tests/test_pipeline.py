@@ -76,11 +76,12 @@ def test_saved_adapter_reloads_onto_the_base_and_reproduces_the_eval_loss(tiny_r
     loaded = build(cfg.model, cache_dir=cache_dir)
     model = PeftModel.from_pretrained(loaded.model, out / "adapter")
     from llmft.data import load_splits, tokenize_records
-    from llmft.evaluation import Perplexity
+    from llmft.evaluation import EvalData, Perplexity
 
     splits = load_splits(build(cfg.data_format), cfg.data.path)
     val, _ = tokenize_records(splits.val, loaded.tokenizer, cfg.data.max_seq_length)
-    assert Perplexity()(model, loaded.tokenizer, val)["eval_loss"] == pytest.approx(summary["eval_loss"], rel=1e-4)
+    figures = Perplexity()(model, loaded.tokenizer, EvalData(records=splits.val, tokenized=val))
+    assert figures["eval_loss"] == pytest.approx(summary["eval_loss"], rel=1e-4)
 
 
 def test_same_seed_same_loss_curve(make_cfg, tmp_path):

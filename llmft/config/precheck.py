@@ -14,7 +14,7 @@ from typing import List, NoReturn, Sequence
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from llmft.config import schema  # noqa: F401  (registers train_schema)
@@ -26,9 +26,9 @@ FLAGS_WITHOUT_RUN = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-
                      "--version", "--resolve", "-p", "--package"}
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
+def fail(message: str, code: int = 2, program: str = "llmft-train") -> NoReturn:
     """Print ``message`` as one paragraph on stderr and exit with ``code``."""
-    sys.stderr.write(f"llmft-train: error: {message}\n")
+    sys.stderr.write(f"{program}: error: {message}\n")
     sys.exit(code)
 
 
@@ -46,8 +46,8 @@ def precheck(argv: Sequence[str]) -> None:
         fail(str(exc))
 
 
-def check_overrides(overrides: List[str], config_dir: Path = CONFIG_DIR, config_name: str = "train") -> None:
-    """Compose ``overrides`` and validate the result.
+def check_overrides(overrides: List[str], config_dir: Path = CONFIG_DIR, config_name: str = "train") -> DictConfig:
+    """Compose ``overrides``, validate the result and return it (resolved).
 
     Raises:
         ConfigError: a one-paragraph explanation of what is wrong and what is allowed.
@@ -62,6 +62,7 @@ def check_overrides(overrides: List[str], config_dir: Path = CONFIG_DIR, config_
         raise ConfigError(f"cannot parse an override: {exc}") from None
     OmegaConf.resolve(cfg)
     validate(cfg, bind_targets=False)
+    return cfg
 
 
 def _compose(overrides: List[str], config_dir: Path, config_name: str):

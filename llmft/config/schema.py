@@ -76,6 +76,8 @@ class TrainerConf:
                              choices=["cosine", "linear", "constant", "constant_with_warmup"])
     max_grad_norm: Optional[float] = rule(1.0, "gradient clipping norm (null: no clipping)", gt=0.0)
     log_every: int = rule(1, "optimizer steps between lines of metrics.jsonl", ge=1)
+    eval_every: Optional[int] = rule(None, "optimizer steps between validation losses in metrics.jsonl (null: none)",
+                                     ge=1)
 
 
 @dataclass

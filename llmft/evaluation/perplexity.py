@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 
 from llmft.data import pad_collate
 from llmft.data.tokenize import IGNORE_INDEX
+from llmft.evaluation.data import EvalData
 
 
 class Perplexity:
@@ -21,8 +22,9 @@ class Perplexity:
         self.batch_size = batch_size
 
     @torch.no_grad()
-    def __call__(self, model, tokenizer, dataset) -> dict:
-        """Return ``eval_loss``, ``perplexity``, ``num_samples`` and ``total_tokens`` for ``dataset``."""
+    def __call__(self, model, tokenizer, data: EvalData) -> dict:
+        """Return ``eval_loss``, ``perplexity``, ``num_samples`` and ``total_tokens`` of the split."""
+        dataset = data.tokenized
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device

@@ -1,12 +1,12 @@
-"""Answers to held-aside prompts: greedy (by default), batched with left padding, through the chat template."""
+"""Answers to held-aside prompts, from a JSON file: the before/after examples a person reads."""
 
 import json
 from pathlib import Path
 from typing import List, Optional
 
-import torch
-
 from llmft.errors import DataError
+from llmft.evaluation.generation import generate
+from llmft.evaluation.scores import score_pairs
 
 
 def read_prompts(file: str) -> List[dict]:
@@ -19,13 +19,18 @@ def read_prompts(file: str) -> List[dict]:
     except json.JSONDecodeError as exc:
         raise DataError(f"{file}:{exc.lineno}:{exc.colno}: invalid JSON ({exc.msg}).") from None
     if not isinstance(items, list) or not items:
-        raise DataError(f"{file} must hold a non-empty JSON list of prompts.")
+        raise DataError(f"{file} must hold a non-empty JSON list of prompts (strings or {{\"prompt\", "
+                        "\"reference\"}} objects).")
+    bad = [i for i, item in enumerate(items) if not (isinstance(item, str) or
+                                                     (isinstance(item, dict) and isinstance(item.get("prompt"), str)))]
+    if bad:
+        raise DataError(f"{file}: item {bad[0]} is neither a string nor an object with a \"prompt\" string.")
     return [{"prompt": i, "reference": None} if isinstance(i, str) else
             {"prompt": i["prompt"], "reference": i.get("reference")} for i in items]
 
 
 class PromptAnswers:
-    """Generate the model's answers to a list of prompts.
+    """Generate the model's answers to a list of prompts, scored against their references where given.
 
     Args:
         file: a JSON list of prompts (strings, or ``{"prompt", "reference"}`` objects).
@@ -43,34 +48,16 @@ class PromptAnswers:
         self.system_prompt = system_prompt
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
-        self.sampling = dict(do_sample=do_sample, temperature=temperature, top_p=top_p) if do_sample else \
-            dict(do_sample=False)
+        self.sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else {}
 
-    def __call__(self, model, tokenizer, dataset=None) -> dict:
-        """Return ``{"answers": [{"prompt", "answer", "reference"}, ...]}``."""
-        answers = []
-        for start in range(0, len(self.prompts), self.batch_size):
-            chunk = self.prompts[start:start + self.batch_size]
-            for item, text in zip(chunk, self._generate(model, tokenizer, [c["prompt"] for c in chunk])):
-                answers.append({"prompt": item["prompt"], "answer": text, "reference": item["reference"]})
-        return {"answers": answers}
-
-    @torch.no_grad()
-    def _generate(self, model, tokenizer, prompts: List[str]) -> List[str]:
+    def __call__(self, model, tokenizer, data=None) -> dict:
+        """Return ``{"answers": [{"prompt", "answer", "reference", "scores"}, ...]}``."""
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        texts = [tokenizer.apply_chat_template(system + [{"role": "user", "content": p}], tokenize=False,
-                                               add_generation_prompt=True) for p in prompts]
-        side, tokenizer.padding_side = tokenizer.padding_side, "left"
-        try:
-            inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        finally:
-            tokenizer.padding_side = side
-        was_training = model.training
-        model.eval()
-        inputs = inputs.to(next(model.parameters()).device)
-        out = model.generate(**inputs, max_new_tokens=self.max_new_tokens, use_cache=True,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                             **self.sampling)
-        model.train(was_training)
-        return [t.strip() for t in tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:],
-                                                          skip_special_tokens=True)]
+        conversations = [system + [{"role": "user", "content": p["prompt"]}] for p in self.prompts]
+        texts = generate(model, tokenizer, conversations, self.max_new_tokens, self.batch_size, **self.sampling)
+        answers = [{"prompt": p["prompt"], "answer": t, "reference": p["reference"]}
+                   for p, t in zip(self.prompts, texts)]
+        scored = [a for a in answers if a["reference"]]
+        for answer, scores in zip(scored, score_pairs([a["answer"] for a in scored], [a["reference"] for a in scored])):
+            answer["scores"] = scores
+        return {"answers": answers}

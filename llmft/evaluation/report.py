@@ -1,18 +1,18 @@
-"""``eval_report.json``: the fine-tuned model's figures, the base model's, their difference, and the answers."""
+"""``eval_report.json`` and ``samples.md``: the fine-tuned model's figures, the base model's, and the answers."""
 
 import logging
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 log = logging.getLogger(__name__)
 FIGURES = ("eval_loss", "perplexity", "num_samples", "total_tokens")
 
 
-def run_evaluators(evaluators: Dict[str, Any], model, tokenizer, dataset, label: str) -> Dict[str, dict]:
+def run_evaluators(evaluators: Dict[str, Any], model, tokenizer, data, label: str) -> Dict[str, dict]:
     """Run every evaluator on ``model``; ``label`` (``base``/``fine-tuned``) only names it in the log."""
     results = {}
     for name, evaluator in evaluators.items():
-        log.info("Evaluating %s model: %s", label, name)
-        results[name] = evaluator(model, tokenizer, dataset)
+        log.info("Evaluating the %s model: %s", label, name)
+        results[name] = evaluator(model, tokenizer, data)
     return results
 
 
@@ -20,14 +20,53 @@ def build_eval_report(base: Dict[str, dict], tuned: Dict[str, dict]) -> dict:
     """Merge the base and fine-tuned results into the report's fields.
 
     Top level: the fine-tuned model's ``eval_loss``, ``perplexity``, ``num_samples``, ``total_tokens``;
-    ``base``: the same for the base model; ``delta``: fine-tuned minus base; ``prompt_results``: each prompt
-    with both answers and the reference.
+    ``base``: the same for the base model; ``delta``: fine-tuned minus base; ``metrics``: reference metrics of
+    both; ``prompt_results``: each prompt with both answers, the reference and the scores of each answer.
     """
     flat = lambda results: {k: v for r in results.values() for k, v in r.items() if k in FIGURES}  # noqa: E731
+    metrics = lambda results: {k: v for r in results.values() for k, v in r.get("metrics", {}).items()}  # noqa: E731
     report: Dict[str, Any] = {**flat(tuned), "base": flat(base)}
     report["delta"] = {k: report[k] - report["base"][k] for k in ("eval_loss", "perplexity") if k in report}
-    base_answers = [a for r in base.values() for a in r.get("answers", [])]
-    tuned_answers = [a for r in tuned.values() for a in r.get("answers", [])]
-    report["prompt_results"] = [{"prompt": b["prompt"], "base": b["answer"], "finetuned": t["answer"],
-                                 "reference": b["reference"]} for b, t in zip(base_answers, tuned_answers)]
+    if metrics(tuned):
+        report["metrics"] = {"base": metrics(base), "finetuned": metrics(tuned),
+                             "delta": {k: v - metrics(base)[k] for k, v in metrics(tuned).items()}}
+    report["prompt_results"] = _prompt_results(base, tuned)
     return report
+
+
+def _prompt_results(base: Dict[str, dict], tuned: Dict[str, dict]) -> List[dict]:
+    answers = lambda results: [a for r in results.values() for a in r.get("answers", [])]  # noqa: E731
+    rows = []
+    for b, t in zip(answers(base), answers(tuned)):
+        row = {"prompt": b["prompt"], "base": b["answer"], "finetuned": t["answer"], "reference": b["reference"]}
+        if "scores" in b:
+            row["scores"] = {"base": b["scores"], "finetuned": t["scores"]}
+        rows.append(row)
+    return rows
+
+
+def samples_markdown(report: dict, title: str) -> str:
+    """A readable side-by-side of the base and fine-tuned answers, with the headline figures first."""
+    lines = [f"# {title}", ""]
+    if "perplexity" in report:
+        lines += ["| | base | fine-tuned | change |", "|---|---|---|---|"]
+        for key in ("eval_loss", "perplexity"):
+            lines.append(f"| {key} | {report['base'][key]:.4f} | {report[key]:.4f} | {report['delta'][key]:+.4f} |")
+        for key, value in report.get("metrics", {}).get("finetuned", {}).items():
+            base = report["metrics"]["base"][key]
+            lines.append(f"| {key} | {base:.4f} | {value:.4f} | {value - base:+.4f} |")
+        lines.append("")
+    for i, row in enumerate(report.get("prompt_results", []), start=1):
+        lines += [f"## {i}. {row['prompt']}", "", "**Base**", "", _quote(row["base"]), "", "**Fine-tuned**", "",
+                  _quote(row["finetuned"]), ""]
+        if row.get("reference"):
+            lines += ["**Reference**", "", _quote(row["reference"]), ""]
+        if row.get("scores"):
+            scores = ", ".join(f"{k} {row['scores']['base'][k]:.2f} -> {v:.2f}"
+                               for k, v in row["scores"]["finetuned"].items())
+            lines += [f"Scores (base -> fine-tuned): {scores}", ""]
+    return "\n".join(lines)
+
+
+def _quote(text: str) -> str:
+    return "\n".join(f"> {line}" for line in (text or "(empty)").splitlines()) or "> (empty)"

@@ -1,0 +1,104 @@
+"""``export_run``: the adapter with a model card and, with ``merge``, a merged model that checks itself.
+
+Everything is written to a temporary folder first and moved into place only when every check passed, so a
+failed export leaves nothing behind and an earlier export is replaced only when asked to.
+"""
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from llmft.errors import LlmftError
+from llmft.export.card import model_card
+from llmft.export.probes import max_logit_difference, probe_batch
+from llmft.runs import FinishedRun, load_with_adapter, open_run
+
+log = logging.getLogger(__name__)
+TOLERANCE = {"float32": 1e-3, "bfloat16": 0.5, "float16": 0.1}  # max |logit| difference; 16-bit rounds weights
+
+
+class ExportError(LlmftError):
+    """An export that cannot be written or that failed its own check."""
+
+
+def export_run(folder: str, out: Optional[str] = None, merge: bool = False, force: bool = False,
+               dtype: str = "float32", tolerance: Optional[float] = None) -> Path:
+    """Export the run in ``folder`` to ``out`` (default ``RUN/export``); returns ``out``.
+
+    Args:
+        folder: a completed run folder.
+        out: the export folder; it must not exist unless ``force``.
+        merge: also write ``merged/``: the adapter merged into the base loaded in ``dtype`` (never 4-bit).
+        force: replace an existing export.
+        dtype: ``float32``, ``bfloat16`` or ``float16`` for the merged weights.
+        tolerance: the largest max-abs logit difference accepted between the merged model and base + adapter.
+
+    Raises:
+        ExportError: the export exists, or the merged model's logits differ beyond ``tolerance``.
+    """
+    run = open_run(folder)
+    target = Path(out).expanduser() if out else run.folder / "export"
+    if target.exists() and not force:
+        raise ExportError(f"{target} already exists (an earlier export). Pass --force to replace it, or --out DIR "
+                          "to write somewhere else; nothing was written.")
+    if dtype not in TOLERANCE:
+        raise ExportError(f"--dtype {dtype} is not supported: choose one of {', '.join(TOLERANCE)}.")
+    staging = target.parent / f".{target.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        report = _write(run, staging, merge, dtype, TOLERANCE[dtype] if tolerance is None else tolerance)
+        (staging / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _write(run: FinishedRun, staging: Path, merge: bool, dtype: str, tolerance: float) -> dict:
+    eval_report = run.folder / "eval_report.json"
+    report_data = json.loads(eval_report.read_text()) if eval_report.is_file() else None
+    shutil.copytree(run.adapter, staging / "adapter")
+    (staging / "adapter" / "README.md").write_text(model_card(run.cfg, run.summary, report_data, dtype))
+    report = {"run": str(run.folder), "base_model": run.cfg.model.name_or_path, "adapter": "adapter",
+              "quantization": None if run.cfg.quantization is None else dict(run.cfg.quantization)}
+    if merge:
+        report.update(_merge(run, staging, dtype, tolerance))
+    return report
+
+
+def _merge(run: FinishedRun, staging: Path, dtype: str, tolerance: float) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    model, loaded = load_with_adapter(run, quantized=False, dtype="float32", adapter=staging / "adapter")
+    batch = probe_batch(run, loaded.tokenizer)
+    reference = _logits(model, batch)
+    merged = model.merge_and_unload()
+    merged.to(getattr(torch, dtype)).save_pretrained(staging / "merged")
+    loaded.tokenizer.save_pretrained(staging / "merged")
+    reloaded = AutoModelForCausalLM.from_pretrained(staging / "merged", dtype=torch.float32)
+    difference = max_logit_difference(reference, _logits(reloaded, batch), batch["attention_mask"])
+    figures = {"merged": "merged", "merged_dtype": dtype, "probe_tokens": int(batch["attention_mask"].sum()),
+               "max_abs_logit_difference": difference, "tolerance": tolerance}
+    log.info("Merged model vs base + adapter: max |logit difference| %.3g (tolerance %.3g)", difference, tolerance)
+    if run.cfg.quantization is not None:
+        quantized, _ = load_with_adapter(run, quantized=True, adapter=staging / "adapter")
+        figures["quantization_gap_max_abs"] = max_logit_difference(_logits(quantized, batch), reference,
+                                                                   batch["attention_mask"])
+    if not difference <= tolerance:
+        raise ExportError(f"the merged model's logits differ from base + adapter by up to {difference:.3g}, above "
+                          f"the tolerance {tolerance:.3g}; nothing was written. Export in float32 (--dtype float32) "
+                          "or, if you accept the difference, raise --tolerance.")
+    return figures
+
+
+@torch.no_grad()
+def _logits(model, batch) -> torch.Tensor:
+    device = next(model.parameters()).device
+    return model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()

@@ -1,0 +1,81 @@
+"""``llmft-eval RUN_DIR [OVERRIDES ...]``: evaluate a finished run again, base and fine-tuned side by side.
+
+The run's saved config is the default; overrides change it (``eval=full``, ``eval.prompts.file=mine.json``,
+``data.val_path=other.jsonl``). The new report is written beside the old one, never over it.
+"""
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from llmft.config.precheck import fail
+from llmft.errors import ConfigError, LlmftError
+from llmft.runs import load_with_adapter, open_run
+
+log = logging.getLogger("llmft.eval")
+USAGE = "usage: llmft-eval RUN_DIR [OVERRIDE ...]   e.g. llmft-eval outputs/2026-11-21/12-22-29 eval=full"
+
+
+def reevaluate(folder: str, overrides: Sequence[str] = ()) -> Path:
+    """Evaluate the run in ``folder`` again; returns the path of the new ``eval_report-*.json``.
+
+    Raises:
+        LlmftError: not a completed run, a bad override, or ``eval=none``.
+    """
+    from llmft.evaluation import EvalData, build_eval_report, run_evaluators, samples_markdown
+    from llmft.pipeline import build, read_splits, tokenize_split
+    from llmft.recording import RunRecorder
+
+    run = open_run(folder, overrides)
+    cfg = run.cfg
+    if not cfg.eval:
+        raise ConfigError("eval is none, so there is nothing to evaluate: pass eval=standard or eval=full.")
+    model, loaded = load_with_adapter(run)
+    splits = read_splits(cfg)
+    val, _ = tokenize_split(cfg, loaded.tokenizer, splits.val, "val")
+    data = EvalData(records=splits.val, tokenized=val)
+    evaluators = {name: build(node) for name, node in cfg.eval.items()}
+    with model.disable_adapter():
+        base = run_evaluators(evaluators, model, loaded.tokenizer, data, "base")
+    tuned = run_evaluators(evaluators, model, loaded.tokenizer, data, "fine-tuned")
+    report = {**build_eval_report(base, tuned), "overrides": list(overrides)}
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = _unused(run.folder / f"eval_report-{stamp}.json")
+    RunRecorder(run.folder).write_json(path.name, report)
+    path.with_name(path.name.replace("eval_report", "samples").replace(".json", ".md")).write_text(
+        samples_markdown(report, f"{loaded.name}: base vs fine-tuned (re-evaluated {stamp})"), encoding="utf-8")
+    return path
+
+
+def _unused(path: Path) -> Path:
+    """``path``, or ``path`` with ``-2``, ``-3`` ... before the suffix if it exists: never overwrite a report."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
+def main(argv=None) -> None:
+    """Console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        sys.exit(0 if args else 2)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    try:
+        path = reevaluate(args[0], args[1:])
+    except LlmftError as exc:
+        fail(str(exc), code=2, program="llmft-eval")
+    report = json.loads(path.read_text())
+    if "perplexity" in report:
+        log.info("val perplexity %.2f -> %.2f (base -> fine-tuned)", report["base"]["perplexity"],
+                 report["perplexity"])
+    log.info("Wrote %s", path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""A finished run folder, opened again: its saved config (plus any new overrides), summary and adapter."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from llmft.config.precheck import check_overrides
+from llmft.errors import LlmftError
+
+
+class RunFolderError(LlmftError):
+    """A folder that is not a completed llmft run with an adapter."""
+
+
+@dataclass
+class FinishedRun:
+    """A completed run: its folder, configuration and summary."""
+
+    folder: Path
+    cfg: DictConfig
+    summary: dict
+
+    @property
+    def adapter(self) -> Path:
+        return self.folder / "adapter"
+
+
+def open_run(folder: str, overrides: Sequence[str] = ()) -> FinishedRun:
+    """Open a completed run folder; ``overrides`` replace the saved config's nodes they touch.
+
+    The saved ``.hydra/config.yaml`` is the default. An override such as ``eval=metrics`` or
+    ``eval.prompts.file=x.json`` is composed (with the run's own overrides) and its top-level node replaces the
+    saved one, so everything else stays as the run had it.
+
+    Raises:
+        RunFolderError: not a run folder, a run that did not complete, or no adapter.
+    """
+    path = Path(folder).expanduser()
+    if not (path / ".hydra" / "config.yaml").is_file():
+        raise RunFolderError(f"{folder} is not an llmft run folder (it has no .hydra/config.yaml). Pass a folder "
+                             "that llmft-train wrote, such as outputs/DATE/TIME or multirun/DATE/TIME/N.")
+    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
+    if summary.get("status") != "completed":
+        reason = summary.get("error", "no summary.json: it stopped before the end")
+        raise RunFolderError(f"{folder} is a run that did not complete (status {summary.get('status', 'unknown')}: "
+                             f"{reason}). Fix the cause and train again; only a completed run has an adapter to use.")
+    if not (path / "adapter" / "adapter_config.json").is_file():
+        raise RunFolderError(f"{folder}/adapter has no adapter_config.json: the adapter is missing or incomplete. "
+                             "Train the run again.")
+    cfg = OmegaConf.load(path / ".hydra" / "config.yaml")
+    if overrides:
+        saved = OmegaConf.load(path / ".hydra" / "overrides.yaml") if (path / ".hydra" / "overrides.yaml").is_file() \
+            else []
+        fresh = check_overrides([*saved, *overrides])
+        for key in {o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] for o in overrides}:
+            cfg[key] = fresh.get(key)
+    return FinishedRun(folder=path, cfg=cfg, summary=summary)
+
+
+def load_with_adapter(run: FinishedRun, quantized: bool = True, dtype: str = "float32", adapter: Path = None):
+    """Load the run's base model (with its quantization, unless ``quantized`` is False) and its adapter.
+
+    ``adapter`` is another copy of the adapter to load (an export); by default the run's own.
+
+    Returns:
+        ``(peft_model, loaded)``: the ``PeftModel`` and the ``LoadedModel`` of the base (name, tokenizer, source).
+    """
+    from peft import PeftModel
+
+    from llmft.pipeline import build
+
+    cfg = run.cfg
+    quantization = build(cfg.quantization) if quantized else None
+    loaded = build(cfg.model, quantization_config=quantization, dtype=dtype, device=cfg.hardware.device,
+                   cache_dir=cfg.paths.cache_dir)
+    model = PeftModel.from_pretrained(loaded.model, adapter or run.adapter)
+    if quantization is None:
+        model.to(cfg.hardware.device)
+    return model.eval(), loaded
