@@ -5,6 +5,7 @@ validated. Hydra's and OmegaConf's exceptions are translated into one paragraph 
 and what is allowed; anything not foreseen here is left for Hydra to report.
 """
 
+import ast
 import dataclasses
 import difflib
 import sys
@@ -22,6 +23,7 @@ from llmft.config.validate import validate
 from llmft.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 FLAGS_WITHOUT_RUN = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
                      "--version", "--resolve", "-p", "--package"}
 
@@ -173,17 +175,29 @@ def _unknown_key(full_key: str, overrides: List[str], config_dir: Path, config_n
 
 
 def _arguments(target) -> List[str]:
-    """The keyword arguments of a ``_target_`` (imports it: only on this error path)."""
-    if not target:
+    """The keyword arguments of an ``llmft.`` target, read from its source without importing it (importing
+    would pull in torch and transformers, seconds this error path must not spend); [] for other targets."""
+    if not target or not str(target).startswith("llmft."):
         return []
-    try:
-        import inspect
-
-        from hydra.utils import get_object
-
-        return [p for p in inspect.signature(get_object(target)).parameters if p not in ("self", "args", "kwargs")]
-    except Exception:  # not importable or no signature: the message below lists the config's keys instead
-        return []
+    module, _, name = str(target).rpartition(".")
+    for _ in range(3):  # follow re-exports such as llmft.models -> llmft.models.loading
+        base = PACKAGE_DIR.joinpath(*module.split(".")[1:])
+        source = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+        if not source.is_file():
+            return []
+        tree = ast.parse(source.read_text())
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == name:
+                func = node if isinstance(node, ast.FunctionDef) else next(
+                    (n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
+                args = func.args.args + func.args.kwonlyargs if func else []
+                return [a.arg for a in args if a.arg != "self"]
+        origin = next((n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module
+                       and any(alias.name == name for alias in n.names)), None)
+        if origin is None:
+            return []
+        module = origin
+    return []
 
 
 def _schema_field(full_key: str):
