@@ -7,7 +7,7 @@ from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from llmft.config.precheck import check_overrides
+from llmft.config.precheck import CONFIG_DIR, check_overrides
 from llmft.errors import LlmftError
 
 
@@ -32,8 +32,8 @@ def open_run(folder: str, overrides: Sequence[str] = ()) -> FinishedRun:
     """Open a completed run folder; ``overrides`` replace the saved config's nodes they touch.
 
     The saved ``.hydra/config.yaml`` is the default. An override such as ``eval=metrics`` or
-    ``eval.prompts.file=x.json`` is composed (with the run's own overrides) and its top-level node replaces the
-    saved one, so everything else stays as the run had it.
+    ``eval.prompts.file=x.json`` is composed (with the run's own overrides, less those of a group chosen anew)
+    and its top-level node replaces the saved one, so everything else stays as the run had it.
 
     Raises:
         RunFolderError: not a run folder, a run that did not complete, or no adapter.
@@ -54,6 +54,9 @@ def open_run(folder: str, overrides: Sequence[str] = ()) -> FinishedRun:
     if overrides:
         saved = OmegaConf.load(path / ".hydra" / "overrides.yaml") if (path / ".hydra" / "overrides.yaml").is_file() \
             else []
+        # a new group choice (eval=full) replaces the run's choice of that group and its keys (eval.prompts.*)
+        groups = {k for k in (o.lstrip("+~").split("=", 1)[0] for o in overrides) if (CONFIG_DIR / k).is_dir()}
+        saved = [o for o in saved if o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] not in groups]
         fresh = check_overrides([*saved, *overrides])
         for key in {o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] for o in overrides}:
             cfg[key] = fresh.get(key)
