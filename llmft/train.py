@@ -27,14 +27,34 @@ def hydra_main(cfg: DictConfig) -> float:
         datasets.disable_progress_bars()
         transformers.utils.logging.disable_progress_bar()
     hydra_cfg = HydraConfig.get()
+    sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         summary = run(cfg, hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task))
     except LlmftError as exc:
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            log.error("Job failed (the sweep goes on): %s", exc)
+        if sweeping:
+            log.error("Job %s failed, the sweep goes on: %s", hydra_cfg.job.num, exc)
             return float("nan")
         fail(str(exc), code=1)
+    except Exception:  # out of memory, a library error: recorded in summary.json; one bad point loses no others
+        if not sweeping:
+            raise
+        log.exception("Job %s failed, the sweep goes on", hydra_cfg.job.num)
+        return float("nan")
+    finally:
+        release_memory()
     return summary.get("eval_loss", summary.get("final_train_loss", float("nan")))
+
+
+def release_memory() -> None:
+    """Hydra's basic launcher runs every job in this process: free what a job left before the next one."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
 
 def main() -> None:

@@ -1,0 +1,26 @@
+"""The Hydra callback that writes the sweep's comparison when a multirun ends."""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from llmft.sweeps.table import collect_runs, write_comparison
+
+log = logging.getLogger(__name__)
+
+
+class SweepSummary(Callback):
+    """Writes ``sweep_summary.csv``, ``sweep_summary.md`` and ``sweep_*.png`` into the sweep folder."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Collect every job folder of the sweep (failed ones included) into the table and plots."""
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = collect_runs([str(sweep_dir)])
+        if not rows:
+            return
+        paths = write_comparison(rows, sweep_dir)
+        done = sum(r["status"] == "completed" for r in rows)
+        log.info("Sweep: %d of %d jobs completed. Comparison: %s", done, len(rows), ", ".join(str(p) for p in paths))

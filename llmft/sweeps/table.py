@@ -1,0 +1,78 @@
+"""Collect run folders into rows and write ``sweep_summary.csv`` / ``.md`` and the plots."""
+
+import csv
+import json
+from pathlib import Path
+from typing import Dict, Iterable, List
+
+import yaml
+
+from llmft.sweeps.plots import plot_against_parameters
+
+COLUMNS = ["job", "overrides", "status", "final_train_loss", "eval_loss", "perplexity", "tokens_per_s",
+           "peak_memory_mb", "trainable_params", "duration_s", "reason"]
+
+
+def run_folders(paths: Iterable[str]) -> List[Path]:
+    """Each path itself if it is a run folder (has ``.hydra/``), else the run folders directly inside it."""
+    found: List[Path] = []
+    for path in map(Path, paths):
+        if (path / ".hydra").is_dir():
+            found.append(path)
+        else:
+            subdirs = [p for p in path.iterdir() if (p / ".hydra").is_dir()] if path.is_dir() else []
+            found += sorted(subdirs, key=lambda p: (len(p.name), p.name))
+    return found
+
+
+def collect_runs(paths: Iterable[str]) -> List[Dict]:
+    """One row per run folder: its overrides, status and figures (a run that died early: status ``failed``)."""
+    rows = []
+    for folder in run_folders(paths):
+        summary_file, overrides_file = folder / "summary.json", folder / ".hydra" / "overrides.yaml"
+        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else \
+            {"status": "failed", "error": "no summary.json: the job stopped before its run began"}
+        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+        row = {key: summary.get(key) for key in COLUMNS}
+        row.update(job=str(folder), overrides=" ".join(overrides or []), params=_params(overrides or []),
+                   reason=summary.get("reason") or summary.get("error"))
+        rows.append(row)
+    return rows
+
+
+def _params(overrides: List[str]) -> Dict[str, str]:
+    return dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+
+
+def swept_parameters(rows: List[Dict]) -> List[str]:
+    """The override keys whose value differs between rows."""
+    keys = sorted({k for r in rows for k in r["params"]})
+    return [k for k in keys if len({r["params"].get(k) for r in rows}) > 1]
+
+
+def write_comparison(rows: List[Dict], out_dir: Path, name: str = "sweep_summary") -> List[Path]:
+    """Write ``NAME.csv``, ``NAME.md`` and one PNG per swept parameter into ``out_dir``; return the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / f"{name}.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    (out_dir / f"{name}.md").write_text(_markdown(rows))
+    plots = plot_against_parameters(rows, swept_parameters(rows), out_dir)
+    return [out_dir / f"{name}.csv", out_dir / f"{name}.md", *plots]
+
+
+def _markdown(rows: List[Dict]) -> str:
+    shown = [c for c in COLUMNS if c != "job"]
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c)) for c in shown) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
