@@ -35,7 +35,8 @@ def run(cfg: DictConfig, output_dir, overrides: Sequence[str] = ()) -> Dict[str,
     """
     validate(cfg)
     _check_device(cfg.hardware)
-    recorder = RunRecorder(Path(output_dir))
+    tracker = build(cfg.get("logger"), run_config=cfg, output_dir=str(output_dir), overrides=list(overrides))
+    recorder = RunRecorder(Path(output_dir), trackers=[tracker] if tracker else [])
     log.info("Run folder: %s", recorder.output_dir.resolve())
     summary: Dict[str, Any] = {"status": "running", "overrides": list(overrides)}
     start = time.perf_counter()
@@ -49,6 +50,7 @@ def run(cfg: DictConfig, output_dir, overrides: Sequence[str] = ()) -> Dict[str,
         summary.update(duration_s=round(time.perf_counter() - start, 1), peak_memory_mb=round(peak_memory_mb(), 1),
                        output_dir=str(Path(output_dir).resolve()))
         recorder.write_json("summary.json", summary)
+        recorder.close()
         _log_outcome(summary)
     return summary
 

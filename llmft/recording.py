@@ -4,7 +4,7 @@ import json
 import math
 import resource
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -28,20 +28,31 @@ def _finite(value: Any) -> Any:
 
 
 class RunRecorder:
-    """Writes the files of one run folder."""
+    """Writes the files of one run folder, and hands the same lines and reports to the trackers (W&B)."""
 
-    def __init__(self, output_dir: Path):
+    def __init__(self, output_dir: Path, trackers: Sequence[Any] = ()):
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.output_dir / "metrics.jsonl"
+        self.trackers = list(trackers)
 
     def log_step(self, metrics: dict) -> None:
         """Append one line to ``metrics.jsonl``."""
         with self.metrics_path.open("a", encoding="utf-8") as out:
             out.write(json.dumps(_finite(metrics)) + "\n")
+        for tracker in self.trackers:
+            tracker.log_step(metrics)
 
     def write_json(self, name: str, payload: dict) -> Path:
         """Write ``payload`` to ``name`` in the run folder (indented, UTF-8) and return its path."""
         path = self.output_dir / name
         path.write_text(json.dumps(_finite(payload), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        for tracker in self.trackers:
+            tracker.record(name, payload)
         return path
+
+    def close(self) -> None:
+        """Close the trackers (a W&B run finishes here)."""
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []

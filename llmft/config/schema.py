@@ -92,6 +92,7 @@ class TrainConf:
     hardware: HardwareConf = field(default_factory=HardwareConf)
     trainer: TrainerConf = field(default_factory=TrainerConf)
     eval: Optional[Any] = None
+    logger: Optional[Any] = None
 
 
 def register() -> None:
