@@ -90,13 +90,15 @@ class TrainingLoop:
         accelerator = Accelerator(mixed_precision=MIXED_PRECISION[hardware.precision], cpu=hardware.device == "cpu")
         loader = DataLoader(dataset, batch_size=hardware.micro_batch_size, shuffle=True, collate_fn=collate,
                             generator=torch.Generator().manual_seed(seed))
-        steps_per_epoch = math.ceil(len(loader) / accum)
-        total = self.max_steps or max(1, math.ceil(self.num_epochs * steps_per_epoch))
         params = [p for p in model.parameters() if p.requires_grad]
         opt = optimizer(params, lr=self.learning_rate, weight_decay=self.weight_decay)
+        model, opt, loader = accelerator.prepare(model, opt, loader)
+        # counted on the prepared loader (each process's share), and the schedule is not handed to accelerate,
+        # so that it steps exactly once per optimizer step with one process or several
+        steps_per_epoch = math.ceil(len(loader) / accum)
+        total = self.max_steps or max(1, math.ceil(self.num_epochs * steps_per_epoch))
         sched = get_scheduler(self.lr_scheduler, opt, num_warmup_steps=round(self.warmup_ratio * total),
                               num_training_steps=total)
-        model, opt, loader, sched = accelerator.prepare(model, opt, loader, sched)
         model.train()
         log.info("Training: %d optimizer steps (%d per epoch), micro-batch %d x %d accumulation, %s", total,
                  steps_per_epoch, hardware.micro_batch_size, accum, hardware.precision)
@@ -134,13 +136,16 @@ class TrainingLoop:
                 out = model(**batch, num_items_in_batch=targets)
             # DDP averages gradients over processes; the loss is already divided by the global token count.
             accelerator.backward(out.loss * accelerator.num_processes)
-            loss_sum += float(out.loss.detach()) * accelerator.num_processes
+            loss_sum += float(out.loss.detach())
             tokens += int(batch["attention_mask"].sum())
+        # each process holds its share of the window's loss and tokens: the step's figures are their sums
+        loss_sum, tokens = accelerator.reduce(torch.tensor([loss_sum, float(tokens)], device=accelerator.device),
+                                              reduction="sum").tolist()
         grad_norm = _clip(accelerator, params, self.max_grad_norm)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        return loss_sum, tokens, grad_norm
+        return loss_sum, int(tokens), grad_norm
 
     @staticmethod
     def _log(recorder, step, epoch, loss, lr, grad_norm, tokens_per_s, total) -> None:

@@ -1,7 +1,11 @@
 """``llmft-train``: compose the run's configuration with Hydra and hand it to ``llmft.pipeline.run``."""
 
+import atexit
 import logging
+import os
+import shutil
 import sys
+import tempfile
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -60,6 +64,10 @@ def release_memory() -> None:
 def main() -> None:
     """Console script: check the overrides in seconds, then run Hydra."""
     precheck(sys.argv[1:])
+    if int(os.environ.get("RANK", "0")) > 0:  # `accelerate launch`: only the main process writes a run folder
+        scratch = tempfile.mkdtemp(prefix=f"llmft-rank{os.environ['RANK']}-")
+        sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null", "hydra.job_logging.root.level=WARNING"]
+        atexit.register(shutil.rmtree, scratch, True)
     hydra_main()
 
 
