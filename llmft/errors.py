@@ -31,3 +31,11 @@ class NonFiniteLossError(LlmftError):
             "(trainer.learning_rate), keep gradient clipping on (trainer.max_grad_norm), or use bf16/fp32 instead "
             "of fp16 (hardware.precision)."
         )
+
+
+class DeviceUnavailableError(ConfigError):
+    """The hardware profile needs a device this machine lacks (a CUDA profile on a CPU-only machine)."""
+
+
+class MemoryBudgetError(LlmftError):
+    """The memory plan of a run exceeds its hardware profile's budget (``llmft-plan`` shows the plan)."""

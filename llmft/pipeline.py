@@ -15,9 +15,11 @@ from llmft.adapters import apply_lora
 from llmft.config.resolvers import precision_to_dtype
 from llmft.config.validate import validate
 from llmft.data import Splits, load_splits, pad_collate, tokenize_records
-from llmft.errors import ConfigError
+from llmft.data.templates import use_chat_template
+from llmft.errors import DeviceUnavailableError
 from llmft.evaluation import EvalData, Perplexity, build_eval_report, run_evaluators, samples_markdown
-from llmft.recording import RunRecorder, peak_memory_mb
+from llmft.planning.preflight import emulate_budget, fit_budget, longest_sequence, memory_summary, plan_run
+from llmft.recording import RunRecorder, peak_memory_mb, peak_reserved_mb, reset_peak_memory
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +36,30 @@ def run(cfg: DictConfig, output_dir, overrides: Sequence[str] = ()) -> Dict[str,
         The contents of ``summary.json``: status, losses, perplexities, parameters, throughput, memory, duration.
     """
     validate(cfg)
-    _check_device(cfg.hardware)
     tracker = build(cfg.get("logger"), run_config=cfg, output_dir=str(output_dir), overrides=list(overrides))
     recorder = RunRecorder(Path(output_dir), trackers=[tracker] if tracker else [])
     log.info("Run folder: %s", recorder.output_dir.resolve())
     summary: Dict[str, Any] = {"status": "running", "overrides": list(overrides)}
-    start = time.perf_counter()
+    start, plan = time.perf_counter(), None
+    reset_peak_memory()
     try:
+        plan = plan_run(cfg)  # before any weight is loaded
+        _check_device(cfg.hardware)
+        plan, fitted = fit_budget(cfg, plan)  # refuses a run that does not fit, or (auto_fit) changes cfg
+        summary.update(fitted, **emulate_budget(cfg))
         summary.update(_train_and_evaluate(cfg, recorder))
         summary["status"] = "completed"
+    except DeviceUnavailableError as exc:
+        summary.update(status="skipped", error=str(exc))
+        raise
     except BaseException as exc:
         summary.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        summary.update(duration_s=round(time.perf_counter() - start, 1), peak_memory_mb=round(peak_memory_mb(), 1),
-                       output_dir=str(Path(output_dir).resolve()))
+        peak, reserved = peak_memory_mb(), peak_reserved_mb()
+        summary.update(duration_s=round(time.perf_counter() - start, 1), peak_memory_mb=round(peak, 1),
+                       **({"peak_reserved_mb": round(reserved, 1)} if reserved else {}),
+                       **memory_summary(plan, summary, peak), output_dir=str(Path(output_dir).resolve()))
         recorder.write_json("summary.json", summary)
         recorder.close()
         _log_outcome(summary)
@@ -58,7 +69,7 @@ def run(cfg: DictConfig, output_dir, overrides: Sequence[str] = ()) -> Dict[str,
 def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder) -> Dict[str, Any]:
     hardware = cfg.hardware
     set_seed(cfg.seed)
-    splits = read_splits(cfg)
+    splits = read_splits(cfg, recorder.output_dir)
     quantization = build(cfg.quantization)
     loaded = build(cfg.model, quantization_config=quantization, dtype=precision_to_dtype(hardware.precision)
                    if hardware.device == "cuda" else "float32", device=hardware.device, cache_dir=cfg.paths.cache_dir)
@@ -87,22 +98,29 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder) -> Dict[str, Any
     tokenizer.save_pretrained(recorder.output_dir / "adapter")
     trainable, total = model.get_nb_trainable_parameters()
     return {"model": loaded.name, "final_train_loss": result.final_loss, "train_steps": result.steps,
-            "train_records": len(train_set), "dropped_records": train_dropped, "eval_loss": report.get("eval_loss"),
+            "train_records": len(train_set), "dropped_records": train_dropped, "rejected_records": splits.rejected,
+            "duplicate_records": splits.duplicates, "eval_loss": report.get("eval_loss"),
             "perplexity": report.get("perplexity"), "base_perplexity": report["base"].get("perplexity"),
             "trainable_params": trainable, "total_params": total, "tokens_per_s": round(result.tokens_per_s, 1),
-            "train_duration_s": round(result.duration_s, 1)}
+            "train_duration_s": round(result.duration_s, 1), "longest_sequence": longest_sequence(train_set, val_set)}
 
 
-def read_splits(cfg: DictConfig) -> Splits:
-    """The training and validation records that ``cfg.data`` and ``cfg.data_format`` describe."""
+def read_splits(cfg: DictConfig, report_dir=None) -> Splits:
+    """The training and validation records that ``cfg.data`` and ``cfg.data_format`` describe.
+
+    With ``report_dir`` (the run folder), rejected records go to its ``rejects.jsonl`` and the counts to its
+    ``data_report.json``.
+    """
     return load_splits(build(cfg.data_format), cfg.data.path, cfg.data.val_path, cfg.data.val_ratio, cfg.seed,
-                       cfg.data.max_samples)
+                       cfg.data.max_samples, strict=cfg.data.strict, report_dir=report_dir)
 
 
 def tokenize_split(cfg: DictConfig, tokenizer, records, split: str):
-    """Tokenize one split as training does; returns the dataset and the number of records dropped."""
+    """Tokenize one split as training does (cached under ``paths.cache_dir``); returns the dataset and the number
+    of records dropped. A tokenizer without a chat template gets ``data.fallback_template``."""
+    use_chat_template(tokenizer, cfg.data.fallback_template)
     return tokenize_records(records, tokenizer, max_seq_length=cfg.data.max_seq_length,
-                            train_on_prompt=cfg.data.train_on_prompt, split=split)
+                            train_on_prompt=cfg.data.train_on_prompt, split=split, cache_dir=cfg.paths.cache_dir)
 
 
 def build(node: Any, **kwargs: Any) -> Any:
@@ -121,8 +139,9 @@ def build(node: Any, **kwargs: Any) -> Any:
 
 def _check_device(hardware: DictConfig) -> None:
     if hardware.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"hardware={hardware.name} needs CUDA, and this machine has no CUDA GPU (or torch was "
-                          "installed without CUDA). Use hardware=cpu here, or run on a machine with that GPU.")
+        raise DeviceUnavailableError(f"hardware={hardware.name} needs CUDA, and this machine has no CUDA GPU (or torch "
+                                     "was installed without CUDA). Use hardware=cpu here, or run on a machine with "
+                                     "that GPU; llmft-plan shows what it would need there.")
 
 
 def _log_answers(report: dict) -> None:
@@ -132,8 +151,8 @@ def _log_answers(report: dict) -> None:
 
 def _log_outcome(summary: Dict[str, Any]) -> None:
     if summary["status"] != "completed":
-        log.error("Run failed after %.0f s: %s. Run folder: %s", summary["duration_s"], summary.get("error"),
-                  summary["output_dir"])
+        log.error("Run %s after %.0f s: %s. Run folder: %s", summary["status"], summary["duration_s"],
+                  str(summary.get("error")).rstrip("."), summary["output_dir"])
         return
     ppl = (f"val perplexity {summary['base_perplexity']:.2f} -> {summary['perplexity']:.2f} (base -> fine-tuned), "
            if summary.get("perplexity") is not None else "")

@@ -2,18 +2,44 @@
 
 import json
 import math
+import re
 import resource
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
 
 def peak_memory_mb() -> float:
-    """Peak memory of this process in MB: CUDA max allocated when on a GPU, else peak resident memory."""
+    """Peak memory of this run in MiB: CUDA max allocated on a GPU, else peak resident memory.
+
+    The resident peak is Linux's ``VmHWM``, which ``reset_peak_memory`` sets back to the current resident size,
+    so it covers this run only; elsewhere it is ``ru_maxrss``, the peak of the whole process.
+    """
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+    except (OSError, AttributeError):  # not Linux: the process-lifetime peak
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux and BSD report KiB
+
+
+def peak_reserved_mb() -> Optional[float]:
+    """Peak memory the CUDA caching allocator reserved in MiB (allocated plus its cache), or None off a GPU."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_reserved() / 2**20
+    return None
+
+
+def reset_peak_memory() -> None:
+    """Start the peaks that ``peak_memory_mb`` reports afresh, so a run (or a sweep's job) measures its own."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := the current resident size
+    except OSError:
+        pass  # not Linux (or not permitted): the resident peak stays the process's
 
 
 def _finite(value: Any) -> Any:

@@ -7,7 +7,7 @@ from transformers import AutoTokenizer
 
 from llmft.config.resolvers import sample_data
 from llmft.data import load_splits, pad_collate, tokenize_records, validate_record
-from llmft.data.formats import read_messages
+from llmft.data.formats import messages
 from llmft.data.tokenize import IGNORE_INDEX, tokenize_conversation
 from llmft.errors import DataError
 from llmft.models.tiny import byte_level_tokenizer
@@ -23,9 +23,11 @@ CONVERSATION = [
 
 
 def test_bundled_sample_has_sixty_plus_pairs_with_a_split():
-    splits = load_splits(read_messages, sample_data("kubernetes"))
+    splits = load_splits(messages, sample_data("kubernetes"))
     assert len(splits.train) == 56 and len(splits.val) == 12
     assert not {r["id"] for r in splits.train} & {r["id"] for r in splits.val}
+    assert {r["meta"]["split"] for r in splits.train} == {"train"} and {r["meta"]["split"] for r in splits.val} == \
+        {"val"}
     prompts = json.loads(open(sample_data("kubernetes/prompts.json")).read())
     asked = {m["content"] for r in splits.train + splits.val for m in r["messages"] if m["role"] == "user"}
     assert len(prompts) == 5 and not {p["prompt"] for p in prompts} & asked  # held aside
@@ -51,7 +53,7 @@ def test_a_broken_line_is_reported_with_file_and_line(tmp_path):
     good = {"id": "1", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
     path.write_text(json.dumps(good) + "\n\n" + json.dumps({"id": "2", "messages": [{"role": "user", "content": "q"}]}))
     with pytest.raises(DataError, match=r"bad.jsonl:3: the record breaks the conversation schema: the last message"):
-        list(read_messages(str(path)))
+        load_splits(messages, str(path), strict=True)
 
 
 def test_a_single_file_is_split_by_seed(tmp_path):
@@ -59,10 +61,10 @@ def test_a_single_file_is_split_by_seed(tmp_path):
     rows = [{"id": str(i), "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
             for i in range(20)]
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    a = load_splits(read_messages, str(path), val_ratio=0.2, seed=1)
-    b = load_splits(read_messages, str(path), val_ratio=0.2, seed=1)
+    a = load_splits(messages, str(path), val_ratio=0.2, seed=1)
+    b = load_splits(messages, str(path), val_ratio=0.2, seed=1)
     assert len(a.val) == 4 and len(a.train) == 16 and [r["id"] for r in a.val] == [r["id"] for r in b.val]
-    assert [r["id"] for r in load_splits(read_messages, str(path), val_ratio=0.2, seed=2).val] != \
+    assert [r["id"] for r in load_splits(messages, str(path), val_ratio=0.2, seed=2).val] != \
         [r["id"] for r in a.val]
 
 

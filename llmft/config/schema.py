@@ -42,13 +42,17 @@ class LoraConf:
 
 @dataclass
 class DataConf:
-    path: str = rule(MISSING, "a JSONL file of conversations, or a folder holding train.jsonl and val.jsonl")
-    val_path: Optional[str] = rule(None, "validation JSONL; null: val.jsonl beside train.jsonl, or a split of path")
+    path: str = rule(MISSING, "a data file in any data_format (.jsonl, .json, .csv, .tsv, .txt), or a folder: "
+                     "train.* and val.* files, or data files to pool and split")
+    val_path: Optional[str] = rule(None, "validation file; null: val.* beside train.*, or a split of path")
     val_ratio: float = rule(0.1, "share of path held out for validation when there is no validation file",
                             gt=0.0, lt=1.0)
     max_seq_length: int = rule(512, "tokens per training sequence; longer records are truncated", ge=16)
     train_on_prompt: bool = rule(False, "also compute the loss on system and user tokens")
     max_samples: Optional[int] = rule(None, "use only the first N training records (null: all)", ge=1)
+    strict: bool = rule(False, "stop at the first bad record (default: skip it, count it, list it in rejects.jsonl)")
+    fallback_template: str = rule("chatml", "chat template for a tokenizer that has none (e.g. phi-2)",
+                                  choices=["chatml", "alpaca"])
 
 
 @dataclass
@@ -60,8 +64,13 @@ class HardwareConf:
     micro_batch_size: int = rule(8, "sequences per forward pass", ge=1)
     gradient_accumulation_steps: int = rule(1, "micro-batches per optimizer step", ge=1)
     gradient_checkpointing: bool = rule(False, "recompute activations in the backward pass to save memory")
-    memory_budget_gb: float = rule(MISSING, "memory the run may use, in GB", gt=0.0)
+    memory_budget_gb: float = rule(MISSING, "memory the run may use, in GB of 2^30 bytes (a 6 GB card: 6)", gt=0.0)
     optimizer: Any = rule(MISSING, "a partial optimizer _target_; the trainer adds lr and weight_decay")
+    preflight: bool = rule(True, "plan memory before loading and stop a run whose plan exceeds the budget "
+                           "(false: print the plan and go on)")
+    auto_fit: bool = rule(False, "when the plan exceeds the budget, apply the first change that fits (micro-batch, "
+                          "checkpointing, NF4, sequence length) and record it in summary.json")
+    emulate: bool = rule(False, "on a larger GPU, cap this process's share of GPU memory at the budget")
 
 
 @dataclass

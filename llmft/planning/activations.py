@@ -1,0 +1,193 @@
+"""What a training step keeps for the backward pass: activations per decoder layer, logits and loss.
+
+The counts follow what autograd saves (``torch.autograd.graph.saved_tensors_hooks`` sees exactly these tensors;
+tests/test_planning_activations.py checks the formulas against it), per token of a micro-batch of ``b`` sequences
+of ``S`` tokens, in bytes. ``h`` hidden size, ``I`` intermediate size, ``n``/``k`` query/key-value heads of
+``d`` dimensions, ``r`` the LoRA rank, ``V`` the vocabulary. Element sizes (``Dtypes``): ``c`` what autocast
+computes in (2 for bf16/fp16, 4 without autocast), ``w`` the unquantized weights (``Setup.weight_bytes``).
+
+Frozen base weights save no inputs: a linear layer whose weight needs no gradient keeps only its weight for the
+backward pass. So the activations are what norms, attention, activation functions and the LoRA branches save.
+"""
+
+from dataclasses import dataclass
+from typing import Dict, Iterable
+
+from llmft.planning.arch import Linear
+from llmft.planning.setup import Setup
+from llmft.planning.weights import trainable_tensors
+
+
+@dataclass(frozen=True)
+class Dtypes:
+    """Bytes per element of the tensors a step saves, for a setup.
+
+    - ``residual``: the residual stream, the embeddings' dtype: ``w``.
+    - ``linear``: outputs of the base linear layers: ``c`` under autocast; a bitsandbytes layer casts its output
+      back to its input's dtype, so with quantization they are the residual's (fp32).
+    - ``attention``: what scaled-dot-product attention saves: ``c`` (autocast casts its inputs), else fp32.
+    - ``lora_in``: what ``lora_A`` saves of its input: ``c`` under autocast, else fp32 (peft's adapters are fp32).
+    - ``logits``: the output head's output: ``c`` under autocast, else ``w``.
+    """
+
+    residual: int
+    linear: int
+    attention: int
+    lora_in: int
+    logits: int
+
+
+def dtypes(s: Setup) -> Dtypes:
+    """The element sizes of ``s`` (see ``Dtypes``)."""
+    c, w = s.compute_bytes, s.weight_bytes
+    linear = w if s.quantization else (c if s.autocast else w)
+    return Dtypes(residual=w, linear=linear, attention=c if s.autocast else w, lora_in=c if s.autocast else 4,
+                  logits=c if s.autocast else w)
+
+
+def lora_saved(s: Setup, d: Dtypes, targets: Iterable[Linear], input_grad: bool) -> float:
+    """Bytes per token that LoRA branches fed by one tensor save.
+
+    Per target: the input of ``lora_A`` (``lora_in x in``; with dropout 0 and no autocast the targets share the
+    tensor itself), the dropout mask (``mask_bytes x in``, only when dropout > 0 and the input carries a gradient),
+    and the
+    output of ``lora_A`` (``lora_in x r``, kept by ``lora_B``). DoRA also keeps the base and LoRA outputs of the
+    layer (``2 x linear x out``) for its magnitude's gradient.
+    """
+    targets = list(targets)
+    if not targets:
+        return 0.0
+    inputs = [lin.in_features * d.lora_in for lin in targets]
+    kept = max(inputs) if (s.lora.lora_dropout == 0 and not s.autocast) else sum(inputs)
+    masks = sum(lin.in_features for lin in targets) * mask_bytes(s, 4) if (s.lora.lora_dropout > 0 and input_grad) \
+        else 0
+    dora = sum(2 * lin.out_features * d.linear for lin in targets) if s.lora.use_dora else 0
+    return kept + masks + len(targets) * s.lora.r * d.lora_in + dora
+
+
+def mask_bytes(s: Setup, input_bytes: int) -> int:
+    """Bytes per element of a dropout mask: CUDA's fused dropout keeps a bool mask; the CPU's keeps the scaled
+    noise, a tensor of the input's dtype (peft feeds its dropout an fp32 input)."""
+    return 1 if s.device == "cuda" else input_bytes
+
+
+def attention_saved(s: Setup, d: Dtypes) -> float:
+    """Bytes per token that one layer's attention saves.
+
+    ``sdpa``: query, key, value and output (``a x d`` per head each) and the log-sum-exp (4 B per head). With
+    padding (a micro-batch above 1) transformers passes a mask, so key and value are repeated to ``n`` heads and
+    torch converts the boolean mask to a float one per layer (``a x S`` per token); a micro-batch of 1 needs no
+    mask and keeps ``k`` heads. ``eager`` keeps the softmax probabilities (fp32, plus a ``c`` copy under autocast:
+    ``(4 + c) x n x S`` per token, quadratic in ``S``); ``flash_attention_2`` keeps ``k`` heads and no mask.
+    """
+    a, arch = d.attention, s.arch
+    n, k, hd = arch.num_attention_heads, arch.num_key_value_heads, arch.head_dim
+    if s.attn_implementation == "eager":
+        probs = 4 * n * s.seq_len + (a * n * s.seq_len if a < 4 else 0)
+        return 3 * a * n * hd + probs
+    masked = s.micro_batch_size > 1 and s.attn_implementation == "sdpa"
+    kv_heads = n if masked else k
+    return a * (2 * n * hd + 2 * kv_heads * hd) + 4 * n + (a * s.seq_len if masked else 0)
+
+
+def layer_saved(s: Setup, d: Dtypes, input_grad: bool = True) -> Dict[str, float]:
+    """Bytes per token one decoder layer saves, by part (``norms``, ``attention``, ``mlp``, ``lora``).
+
+    A part saves only when a gradient flows through it: the first layer's input (the embeddings) carries none
+    unless input gradients are switched on, so there the input norm and the dropout masks save nothing.
+    Llama (RMSNorm): each norm keeps its fp32 input and the reciprocal root (``4h + 4``); the SwiGLU MLP keeps the
+    gate and up outputs and the activation (``3 x linear x I``). Phi (one LayerNorm, parallel attention and MLP):
+    the norm keeps its input, mean and rstd (``4h + 8``); the tanh-GELU keeps four I-sized tensors; the residual
+    dropout keeps two masks (``mask_bytes x h`` each).
+    """
+    short = {lin.name.split(".")[-1] for lin in s.lora.targets(s.arch)}
+    chosen: Dict[str, list] = {}
+    for lin in s.arch.linears():
+        chosen.setdefault(lin.fed_by, []).extend([lin] if lin.name.split(".")[-1] in short else [])
+    parts = {"norms": 0.0, "attention": 0.0, "mlp": 0.0, "lora": 0.0}
+    h, i = s.arch.hidden_size, s.arch.intermediate_size
+    norm = 4 * h + (8 if s.arch.family == "phi" else 4)
+    parts["norms"] += norm if input_grad else 0
+    parts["lora"] += lora_saved(s, d, chosen["attn_in"], input_grad)
+    attn_grad = input_grad or bool(short & {"q_proj", "k_proj", "v_proj"})
+    parts["attention"] += attention_saved(s, d) if attn_grad else 0
+    parts["lora"] += lora_saved(s, d, chosen["attn_out"], attn_grad)
+    out_grad = attn_grad or bool(short & {"o_proj", "dense"})
+    if s.arch.family == "phi":
+        return _phi_mlp(s, d, parts, chosen, short, input_grad, out_grad)
+    mid_grad = input_grad or out_grad
+    parts["norms"] += norm if mid_grad else 0
+    parts["lora"] += lora_saved(s, d, chosen["mlp_in"], mid_grad)
+    gate, up = mid_grad or "gate_proj" in short, mid_grad or "up_proj" in short
+    parts["mlp"] += d.linear * i * (2 * gate + up)
+    parts["lora"] += lora_saved(s, d, chosen["mlp_act"], gate or up)
+    return parts
+
+
+def _phi_mlp(s: Setup, d: Dtypes, parts, chosen, short, input_grad: bool, attn_out_grad: bool):
+    h, i = s.arch.hidden_size, s.arch.intermediate_size
+    fc1 = input_grad or "fc1" in short
+    cuda_autocast = s.autocast and s.device == "cuda"  # CUDA autocast runs pow in fp32; the CPU's does not
+    parts["mlp"] += i * ((12 + d.linear) if cuda_autocast else 4 * d.linear) if fc1 else 0
+    parts["lora"] += lora_saved(s, d, chosen["mlp_act"], fc1)
+    fc2 = fc1 or "fc2" in short
+    if s.arch.resid_pdrop > 0:  # the residual dropout's masks (phi-2: resid_pdrop 0.1)
+        parts["mlp"] += h * (mask_bytes(s, d.attention) * attn_out_grad + mask_bytes(s, d.linear) * fc2)
+    return parts
+
+
+def activations_per_token(s: Setup) -> Dict[str, float]:
+    """Bytes per token all decoder layers save without checkpointing, by part, with the final norm in ``norms``."""
+    d = dtypes(s)
+    first = layer_saved(s, d, input_grad=s.gradient_checkpointing and not s.quantization)
+    rest = layer_saved(s, d, input_grad=True)
+    layers = s.arch.num_hidden_layers
+    total = {k: first[k] + rest[k] * (layers - 1) for k in rest}
+    total["norms"] += 4 * s.arch.hidden_size + (8 if s.arch.family == "phi" else 4)
+    return total
+
+
+def logits_per_token(s: Setup) -> float:
+    """Bytes per token at the peak of the loss: the start of its backward pass.
+
+    The model's forward computes logits for every position (``logits x V``; the step holds them in its output),
+    the loss upcasts them to fp32 and keeps the log-softmax (``4V``); its backward then holds the loss's
+    gradient and the log-softmax gradient (``4V`` each): ``(12 + logits) x V`` in all, 16V in fp32.
+    """
+    return (12 + dtypes(s).logits) * s.arch.vocab_size
+
+
+def head_cast_bytes(s: Setup) -> float:
+    """The ``c``-byte copy of an fp32 output head that autocast makes and the backward pass keeps (quantized
+    models, whose head ``prepare_model_for_kbit_training`` upcast; the CPU under bf16, whose weights are fp32)."""
+    if s.autocast and s.weight_bytes > s.compute_bytes:
+        return s.compute_bytes * s.arch.vocab_size * s.arch.hidden_size
+    return 0.0
+
+
+def weight_copies(s: Setup) -> float:
+    """The ``c``-byte weight copies autocast makes for the decoder layers, which the backward pass keeps.
+
+    Under autocast a matmul casts an fp32 weight to ``c`` and keeps the copy when its input needs a gradient: every
+    LoRA weight (cast once, cached), and on the CPU under bf16 (fp32 weights) every base linear weight but those of
+    the first layer's attention inputs (one layer's worth with checkpointing, which recomputes them layer by
+    layer). bitsandbytes layers dequantize on the fly and keep nothing.
+    """
+    if not s.autocast:
+        return 0.0
+    c = s.compute_bytes
+    lora = sum(n * count for n, _, count in trainable_tensors(s)) * c
+    if s.quantization or s.weight_bytes <= c:
+        return lora
+    per_layer = [(lin.in_features * lin.out_features, lin.fed_by) for lin in s.arch.linears()]
+    if s.gradient_checkpointing:
+        return lora + sum(n for n, _ in per_layer) * c
+    first = sum(n for n, fed in per_layer if fed != "attn_in")
+    return lora + (first + sum(n for n, _ in per_layer) * (s.arch.num_hidden_layers - 1)) * c
+
+
+def eval_per_token(s: Setup) -> float:
+    """Bytes per token of a no-grad perplexity pass: the logits (``w``), a shifted fp32 copy and the
+    log-softmax (4 B each); plus one layer's transient buffers (``(3I + 2h) x w``)."""
+    w = s.weight_bytes
+    return (w + 8) * s.arch.vocab_size + (3 * s.arch.intermediate_size + 2 * s.arch.hidden_size) * w

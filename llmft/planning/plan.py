@@ -1,0 +1,148 @@
+"""The plan: every term of a run's peak memory, the total against the hardware profile's budget, and a verdict."""
+
+from dataclasses import dataclass
+from typing import Any, Dict, List
+
+from llmft.planning import activations as act
+from llmft.planning.setup import GIB, Setup
+from llmft.planning.weights import Term, base_weights, gradients, lora_weights, optimizer_states
+
+CUDA_CONTEXT_BYTES = 0.5 * GIB   # CUDA context, cuBLAS/cuDNN handles, torch and bitsandbytes kernels (estimate)
+CUDA_ALLOCATOR_SLACK = 0.10      # the caching allocator reserves about this much above what it has allocated
+CPU_BASELINE_BYTES = 0.6 * GIB   # resident memory of a training process before its first step (measured: README)
+CPU_RETENTION = 0.20             # freed activations that glibc's allocator keeps resident (measured: README)
+
+
+@dataclass
+class MemoryPlan:
+    """The predicted peak of one run, term by term.
+
+    The peak is that of the training step or of the no-grad evaluation pass, whichever is larger, plus the
+    framework's overhead; ``terms`` sum to ``total_bytes``.
+    """
+
+    setup: Setup
+    terms: List[Term]
+
+    @property
+    def total_bytes(self) -> float:
+        """The predicted peak of the whole process on its device."""
+        return sum(t.bytes for t in self.terms)
+
+    @property
+    def allocated_bytes(self) -> float:
+        """What ``torch.cuda.max_memory_allocated`` should report: the total less what the allocator never sees."""
+        return sum(t.bytes - t.unallocated for t in self.terms if t.key != "overhead")
+
+    @property
+    def predicted_peak_bytes(self) -> float:
+        """The figure a run measures: peak resident memory on the CPU, max allocated on a GPU."""
+        return self.allocated_bytes if self.setup.device == "cuda" else self.total_bytes
+
+    @property
+    def budget_bytes(self) -> float:
+        """The hardware profile's ``memory_budget_gb``, read as GiB (a 6 GB card holds 6 GiB)."""
+        return self.setup.budget_gb * GIB
+
+    @property
+    def fits(self) -> bool:
+        """True when the predicted peak is within the budget."""
+        return self.total_bytes <= self.budget_bytes
+
+    @property
+    def verdict(self) -> str:
+        """``fits`` or ``does not fit``, with the share of the budget."""
+        share = 100 * self.total_bytes / self.budget_bytes
+        return f"{'fits' if self.fits else 'does not fit'} ({share:.0f}% of the {self.setup.budget_gb:g} GiB budget)"
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The plan in MiB, for ``summary.json``."""
+        mib = 2**20
+        return {"terms_mb": {t.key: round(t.bytes / mib, 1) for t in self.terms},
+                "total_mb": round(self.total_bytes / mib, 1), "budget_mb": round(self.budget_bytes / mib, 1),
+                "predicted_peak_mb": round(self.predicted_peak_bytes / mib, 1), "fits": self.fits,
+                "verdict": self.verdict, "sequence_length": self.setup.seq_len,
+                "micro_batch_size": self.setup.micro_batch_size, "figures_from": self.setup.arch.source}
+
+
+def plan_memory(s: Setup) -> MemoryPlan:
+    """Plan the peak memory of the run ``s`` describes (see each term's docstring for its formula)."""
+    fixed = [base_weights(s), lora_weights(s), gradients(s), optimizer_states(s)]
+    activations, logits = _step_terms(s)
+    train = sum(t.bytes for t in fixed) + activations.bytes + logits.bytes
+    evaluation = sum(t.bytes for t in fixed if t.key != "gradients") + _eval_activations(s)
+    terms = fixed + [activations, logits]
+    if evaluation > train:
+        terms.append(Term("evaluation", "evaluation excess", evaluation - train,
+                          f"the no-grad perplexity pass ({s.eval_batch} x {s.seq_len} tokens, "
+                          f"{act.eval_per_token(s) / 1024:.0f} KiB/token) peaks above the training step by this"))
+    terms.append(_overhead(s, terms))
+    return MemoryPlan(setup=s, terms=terms)
+
+
+def _step_terms(s: Setup):
+    """(activations, logits and loss) of a training step, summing to the step's peak above the fixed terms."""
+    d, tokens, arch = act.dtypes(s), s.tokens, s.arch
+    logits_stage = act.logits_per_token(s) * tokens + act.head_cast_bytes(s)
+    parts = act.activations_per_token(s)
+    shared = s.micro_batch_size * s.seq_len ** 2 if (s.micro_batch_size > 1 and s.attn_implementation == "sdpa") \
+        else 0  # transformers' boolean padding mask, one for all layers
+    shared += _dora_transient(s) + act.weight_copies(s)
+    where = f"{s.micro_batch_size} x {s.seq_len} tokens x {arch.num_hidden_layers} layers"
+    if not s.gradient_checkpointing:
+        per_token = sum(parts.values())
+        detail = (f"{where} x {per_token / arch.num_hidden_layers / 1024:.1f} KiB/token/layer (" +
+                  ", ".join(f"{k} {v / arch.num_hidden_layers / 1024:.1f}" for k, v in parts.items()) +
+                  f"); {s.attn_implementation}, no checkpointing")
+        activations = Term("activations", "activations", per_token * tokens + shared, detail)
+    else:
+        kept = arch.num_hidden_layers * d.residual * arch.hidden_size * tokens
+        layer = sum(act.layer_saved(s, d).values()) + 2 * d.residual * arch.hidden_size
+        final = 4 * arch.hidden_size + (8 if arch.family == "phi" else 4)
+        recompute = (d.logits * arch.vocab_size + layer) * tokens
+        extra = max(0.0, recompute - logits_stage - final * tokens)
+        detail = (f"checkpointing: {arch.num_hidden_layers} layer inputs x {s.micro_batch_size} x {s.seq_len} x "
+                  f"{d.residual * arch.hidden_size / 1024:.1f} KiB, and one layer recomputed in the backward pass "
+                  f"({layer * tokens / 2**20:.0f} MiB{', inside the loss peak' if extra == 0 else ''}); "
+                  f"{s.attn_implementation}")
+        activations = Term("activations", "activations", kept + final * tokens + extra + shared, detail)
+    cast = act.head_cast_bytes(s)
+    logits = Term("logits", "logits and loss", logits_stage,
+                  f"{tokens:,} tokens x {arch.vocab_size:,} vocab x {act.logits_per_token(s) / arch.vocab_size:.0f} B"
+                  f" (logits {d.logits} B, fp32 log-softmax and two fp32 gradients)"
+                  + (f" + a {cast / 2**20:.0f} MiB 16-bit copy of the fp32 output head" if cast else ""))
+    return activations, logits
+
+
+def _dora_transient(s: Setup) -> float:
+    """DoRA's weight norm, per call: an identity (in x in) and two dense weights (out x in), fp32, transient."""
+    if not s.lora.use_dora:
+        return 0.0
+    return max((lin.in_features ** 2 + 2 * lin.in_features * lin.out_features) * 4
+               for lin in s.lora.targets(s.arch)) if s.lora.targets(s.arch) else 0.0
+
+
+def _eval_activations(s: Setup) -> float:
+    return act.eval_per_token(s) * s.eval_batch * s.seq_len
+
+
+def _overhead(s: Setup, terms: List[Term]) -> Term:
+    """The framework's own memory.
+
+    GPU: the CUDA context (``CUDA_CONTEXT_BYTES``, outside torch's allocator) and the caching allocator's
+    reserve above its allocations (``CUDA_ALLOCATOR_SLACK`` of the peak). CPU: the resident memory of a process
+    that has imported torch, transformers, peft, accelerate and datasets and holds the tokenizer and the data
+    (``CPU_BASELINE_BYTES``), plus what glibc keeps resident of the step's freed temporaries: the activations and
+    logits of one step are freed and allocated again in the next, and the heap holds on to a share of them
+    (``CPU_RETENTION``).
+    """
+    peak = sum(t.bytes for t in terms)
+    if s.device == "cuda":
+        slack = CUDA_ALLOCATOR_SLACK * peak
+        return Term("overhead", "framework overhead", CUDA_CONTEXT_BYTES + slack,
+                    f"CUDA context {CUDA_CONTEXT_BYTES / GIB:.1f} GiB + allocator reserve "
+                    f"{100 * CUDA_ALLOCATOR_SLACK:.0f}% of the peak", unallocated=CUDA_CONTEXT_BYTES + slack)
+    dynamic = sum(t.bytes for t in terms if t.key in ("activations", "logits", "evaluation"))
+    return Term("overhead", "framework overhead", CPU_BASELINE_BYTES + CPU_RETENTION * dynamic,
+                f"CPU process {CPU_BASELINE_BYTES / GIB:.1f} GiB (Python, torch, transformers, tokenizer, data) + "
+                f"{100 * CPU_RETENTION:.0f}% of activations and logits that the heap keeps resident")

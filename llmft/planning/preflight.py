@@ -1,0 +1,139 @@
+"""``llmft-train``'s memory preflight: plan before any weight loads, refuse or fit, cap an emulated GPU, and compare
+the plan with the peak the run measured."""
+
+import logging
+from dataclasses import replace
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+from omegaconf import DictConfig, OmegaConf
+
+from llmft.config.precheck import CONFIG_DIR
+from llmft.errors import ConfigError, MemoryBudgetError
+from llmft.planning.fit import Suggestion, suggest
+from llmft.planning.plan import CUDA_CONTEXT_BYTES, MemoryPlan, plan_memory
+from llmft.planning.report import format_plan, size
+from llmft.planning.setup import GIB, setup_from_cfg
+
+log = logging.getLogger(__name__)
+MIB = 2**20
+
+
+def plan_run(cfg: DictConfig) -> Optional[MemoryPlan]:
+    """Plan the run's memory and log the plan (with suggestions when it does not fit).
+
+    Returns:
+        The plan, or None (after a warning) when the model's architecture cannot be planned offline.
+    """
+    try:
+        plan = plan_memory(setup_from_cfg(cfg))
+    except ConfigError as exc:
+        log.warning("No memory plan for this run: %s", exc)
+        return None
+    log.info("Memory plan (llmft-plan prints the same):\n%s", format_plan(plan, [] if plan.fits else suggest(plan.setup)))
+    return plan
+
+
+def fit_budget(cfg: DictConfig, plan: Optional[MemoryPlan]) -> Tuple[Optional[MemoryPlan], Dict[str, Any]]:
+    """Let a run that fits go on; apply the first suggestion (``hardware.auto_fit``) or refuse one that does not.
+
+    Returns:
+        The plan the run goes on with, and the fields for ``summary.json`` (``auto_fit`` when it changed the run:
+        each key with its old and new value, and the plan's total before and after).
+
+    Raises:
+        MemoryBudgetError: the plan exceeds the budget, and auto-fit is off or nothing fits.
+    """
+    if plan is None or plan.fits:
+        return plan, {}
+    if not cfg.hardware.preflight:
+        log.warning("The plan exceeds the budget; hardware.preflight=false, so the run goes on.")
+        return plan, {}
+    suggestions = suggest(plan.setup)
+    if not cfg.hardware.auto_fit or not suggestions:
+        raise MemoryBudgetError(_refusal(cfg, plan, suggestions))
+    first = suggestions[0]
+    changed = {key: {"from": OmegaConf.select(cfg, key) if key != "quantization" else _quantization_name(cfg),
+                     "to": value} for key, value in first.changes.items()}
+    apply_changes(cfg, first.changes)
+    log.info("hardware.auto_fit: %s (%s; plan %s -> %s)", " ".join(first.overrides), first.why,
+             size(plan.total_bytes), size(first.plan.total_bytes))
+    return first.plan, {"auto_fit": {"changed": changed, "planned_mb_before": round(plan.total_bytes / MIB, 1),
+                                     "planned_mb_after": round(first.plan.total_bytes / MIB, 1)}}
+
+
+def apply_changes(cfg: DictConfig, changes: Mapping[str, Any]) -> None:
+    """Set each dotted key of ``changes`` in ``cfg``; ``quantization`` names an option of its group."""
+    for key, value in changes.items():
+        if key == "quantization":
+            cfg.quantization = OmegaConf.load(CONFIG_DIR / "quantization" / f"{value}.yaml")
+        else:
+            OmegaConf.update(cfg, key, value, merge=False)
+
+
+def emulate_budget(cfg: DictConfig) -> Dict[str, Any]:
+    """With ``hardware.emulate``, cap this process's CUDA memory at the profile's budget.
+
+    The caching allocator is limited to the budget less the CUDA context (which it does not manage), so a run
+    that needs more than the profile's card fails on a larger card as it would on that card.
+
+    Returns:
+        ``{"emulated_memory_fraction": ...}`` for ``summary.json``, or nothing when not emulating.
+    """
+    if not cfg.hardware.emulate:
+        return {}
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("hardware.emulate=true caps a GPU's memory, and this machine has no CUDA GPU.")
+    total = torch.cuda.get_device_properties(0).total_memory
+    budget = cfg.hardware.memory_budget_gb * GIB - CUDA_CONTEXT_BYTES
+    if budget >= total:
+        log.warning("hardware.emulate: the budget (%s GiB) is not below this GPU's %s; nothing to cap.",
+                    cfg.hardware.memory_budget_gb, size(total))
+        return {}
+    torch.cuda.set_per_process_memory_fraction(budget / total, 0)
+    log.info("hardware.emulate: torch may allocate %s of this GPU's %s (%s GiB budget less the CUDA context)",
+             size(budget), size(total), cfg.hardware.memory_budget_gb)
+    return {"emulated_memory_fraction": round(budget / total, 4)}
+
+
+def memory_summary(plan: Optional[MemoryPlan], summary: Mapping[str, Any], peak_mb: float) -> Dict[str, Any]:
+    """The plan and, for a completed run, its prediction next to the measured peak and the error in percent.
+
+    The prediction is re-planned at the longest tokenized record (batches pad to it, not to
+    ``data.max_seq_length``); the error is ``100 x (predicted - measured) / measured``: positive when the plan
+    over-estimates.
+    """
+    if plan is None:
+        return {}
+    out: Dict[str, Any] = {"memory_plan": plan.to_dict()}
+    if summary.get("status") == "completed" and summary.get("longest_sequence"):
+        at = plan_memory(replace(plan.setup, seq_len=min(summary["longest_sequence"], plan.setup.seq_len)))
+        out["predicted_peak_mb"] = round(at.predicted_peak_bytes / MIB, 1)
+        out["memory_error_pct"] = round(100 * (at.predicted_peak_bytes / MIB - peak_mb) / peak_mb, 1)
+    return out
+
+
+def longest_sequence(*datasets: Any) -> int:
+    """The longest ``input_ids`` of tokenized ``datasets.Dataset`` splits (read from Arrow, without decoding)."""
+    import pyarrow.compute as pc
+
+    return max(int(pc.max(pc.list_value_length(ds.data.column("input_ids"))).as_py() or 0) for ds in datasets)
+
+
+def _quantization_name(cfg: DictConfig) -> Optional[str]:
+    node = cfg.get("quantization")
+    if node is None:
+        return None
+    return "int8" if node.get("load_in_8bit") else str(node.get("bnb_4bit_quant_type"))
+
+
+def _refusal(cfg: DictConfig, plan: MemoryPlan, suggestions: Sequence[Suggestion]) -> str:
+    budget = f"hardware={cfg.hardware.name}'s budget of {cfg.hardware.memory_budget_gb:g} GiB"
+    head = (f"the memory plan of this run is {size(plan.total_bytes)}, over {budget} (the plan is printed above; "
+            "llmft-plan with the same overrides prints it again).")
+    if not suggestions:
+        return head + " No micro-batch, checkpointing, NF4 or sequence length fits it: use a larger profile."
+    options = "; ".join(f"{' '.join(s.overrides)} ({size(s.plan.total_bytes)})" for s in suggestions)
+    return (f"{head} Any one of these fits: {options}. Add one to the command line, or set hardware.auto_fit=true "
+            "to apply the first; hardware.preflight=false runs it anyway.")

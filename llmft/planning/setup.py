@@ -1,0 +1,148 @@
+"""What the planner reads from a composed run configuration, as plain figures (no torch, no weights)."""
+
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+from omegaconf import DictConfig, OmegaConf
+
+from llmft.planning.arch import Arch, Linear, find_arch
+
+BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """The ``peft.LoraConfig`` keys that change memory."""
+
+    r: int
+    target_modules: Union[str, Tuple[str, ...]]
+    lora_dropout: float
+    use_dora: bool = False
+    bias: str = "none"
+    modules_to_save: Tuple[str, ...] = ()
+
+    def targets(self, arch: Arch) -> Tuple[Linear, ...]:
+        """The linear layers of a decoder layer that peft wraps, matched as peft matches names.
+
+        ``all-linear`` is every linear layer but the output head; a list matches a module whose name equals an
+        entry or ends with ``.entry``; a string is a regular expression matched against the full module name.
+        """
+        linears = arch.linears()
+        if self.target_modules == "all-linear":
+            return tuple(linears)
+        if isinstance(self.target_modules, str):
+            return tuple(lin for lin in linears if re.fullmatch(self.target_modules, f"model.layers.0.{lin.name}"))
+        full = {lin.name: f"model.layers.0.{lin.name}" for lin in linears}
+        return tuple(lin for lin in linears
+                     if any(full[lin.name] == t or full[lin.name].endswith("." + t) for t in self.target_modules))
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One run, as memory sees it: the model's figures and the settings that size each term."""
+
+    arch: Arch
+    lora: LoraSpec
+    device: str = "cpu"
+    precision: str = "fp32"
+    quantization: Optional[str] = None      # None, "nf4", "fp4" or "int8"
+    double_quant: bool = False
+    micro_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    seq_len: int = 512
+    gradient_checkpointing: bool = False
+    attn_implementation: str = "sdpa"
+    optimizer: str = "torch.optim.AdamW"
+    optimizer_kwargs: Tuple[Tuple[str, Any], ...] = ()
+    eval_batch_size: int = 0                 # the perplexity evaluator's batch; 0: none
+    eval_batch_key: str = ""                 # its config key (eval.perplexity.batch_size)
+    eval_during_training: bool = False       # trainer.eval_every: validation at the micro-batch size
+    budget_gb: float = 16.0
+    profile: str = "cpu"
+
+    @property
+    def autocast(self) -> bool:
+        """accelerate runs the forward under autocast for bf16 and fp16, on the CPU as on a GPU."""
+        return self.precision != "fp32"
+
+    @property
+    def compute_bytes(self) -> int:
+        """Bytes per element of what autocast computes in (4 without autocast)."""
+        return BYTES[self.precision]
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes per parameter of the weights that are not quantized.
+
+        The pipeline loads them in the profile's precision on a GPU and in fp32 on the CPU;
+        ``peft.prepare_model_for_kbit_training`` upcasts every fp16/bf16 parameter of a quantized model (embeddings,
+        output head, norms, biases) to fp32.
+        """
+        if self.quantization or self.device == "cpu":
+            return 4
+        return BYTES[self.precision]
+
+    @property
+    def eval_batch(self) -> int:
+        """The largest batch of a no-grad validation pass (0: none)."""
+        return max(self.eval_batch_size, self.micro_batch_size if self.eval_during_training else 0)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens of one micro-batch: sequences are padded to the longest, at most ``data.max_seq_length``."""
+        return self.micro_batch_size * self.seq_len
+
+
+def quantization_of(node: Optional[Mapping[str, Any]]) -> Tuple[Optional[str], bool]:
+    """(``nf4``/``fp4``/``int8``/None, double quantization) of a ``BitsAndBytesConfig`` node."""
+    if not node:
+        return None, False
+    if node.get("load_in_4bit"):
+        return str(node.get("bnb_4bit_quant_type", "fp4")), bool(node.get("bnb_4bit_use_double_quant", False))
+    if node.get("load_in_8bit"):
+        return "int8", False
+    return None, False
+
+
+def setup_from_cfg(cfg: DictConfig) -> Setup:
+    """Read a composed ``conf/train.yaml`` configuration into a ``Setup``.
+
+    Raises:
+        ConfigError: the model's architecture figures cannot be found offline, or are of an unknown architecture.
+    """
+    data = {key: _plain(cfg, key) for key in ("paths", "model", "quantization", "lora", "data", "hardware", "trainer",
+                                               "eval")}
+    hw, lora, model = data["hardware"], data["lora"], data["model"]
+    quant, double = quantization_of(data.get("quantization"))
+    targets = lora["target_modules"]
+    optimizer = dict(hw["optimizer"])
+    return Setup(
+        arch=find_arch(model, (data["paths"] or {}).get("cache_dir")),
+        lora=LoraSpec(r=int(lora["r"]), target_modules=targets if isinstance(targets, str) else tuple(targets),
+                      lora_dropout=float(lora.get("lora_dropout", 0.0)), use_dora=bool(lora.get("use_dora")),
+                      bias=str(lora.get("bias", "none")), modules_to_save=tuple(lora.get("modules_to_save") or ())),
+        device=hw["device"], precision=hw["precision"], quantization=quant, double_quant=double,
+        micro_batch_size=int(hw["micro_batch_size"]),
+        gradient_accumulation_steps=int(hw["gradient_accumulation_steps"]),
+        seq_len=int(data["data"]["max_seq_length"]), gradient_checkpointing=bool(hw["gradient_checkpointing"]),
+        attn_implementation=str(model.get("attn_implementation", "sdpa")),
+        optimizer=str(optimizer.pop("_target_")),
+        optimizer_kwargs=tuple(sorted((k, v) for k, v in optimizer.items() if not k.startswith("_"))),
+        budget_gb=float(hw["memory_budget_gb"]), profile=str(hw["name"]), **_eval_settings(data))
+
+
+def _plain(cfg: DictConfig, key: str) -> Any:
+    """A node of ``cfg`` as plain, resolved Python values (only the nodes the plan reads are resolved)."""
+    node = OmegaConf.select(cfg, key)
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def _eval_settings(data: Mapping[str, Any]) -> Dict[str, Any]:
+    """The perplexity evaluator's batch and key, and whether the loop validates during training."""
+    found = [(name, node.get("batch_size", 8)) for name, node in (data.get("eval") or {}).items()
+             if isinstance(node, dict) and str(node.get("_target_", "")).endswith(".Perplexity")]
+    name, batch = found[0] if found else ("", 0)
+    return {"eval_batch_size": int(batch), "eval_batch_key": f"eval.{name}.batch_size" if name else "",
+            "eval_during_training": bool((data.get("trainer") or {}).get("eval_every"))}
