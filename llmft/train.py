@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from llmft.config import schema  # noqa: F401  (registers train_schema)
 from llmft.config.precheck import CONFIG_DIR, fail, precheck
-from llmft.errors import LlmftError
+from llmft.errors import DeviceUnavailableError, LlmftError
 
 log = logging.getLogger("llmft")
 
@@ -36,7 +36,8 @@ def hydra_main(cfg: DictConfig) -> float:
         summary = run(cfg, hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task))
     except LlmftError as exc:
         if sweeping:
-            log.error("Job %s failed, the sweep goes on: %s", hydra_cfg.job.num, exc)
+            what = "skipped" if isinstance(exc, DeviceUnavailableError) else "failed"
+            log.error("Job %s %s, the sweep goes on: %s", hydra_cfg.job.num, what, exc)
             return float("nan")
         fail(str(exc), code=1)
     except Exception:  # out of memory, a library error: recorded in summary.json; one bad point loses no others
