@@ -4,17 +4,12 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, List, NoReturn, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 from omegaconf import DictConfig
 
+from llmft.config.precheck import check_overrides, fail
 from llmft.errors import LlmftError
-
-
-def fail(prog: str, message: str, code: int = 2) -> NoReturn:
-    """Print ``message`` as one paragraph on stderr, without a traceback, and exit with ``code``."""
-    sys.stderr.write(f"{prog}: error: {message}\n")
-    sys.exit(code)
 
 
 def split_overrides(args: Sequence[str]) -> Tuple[List[str], List[str]]:
@@ -25,20 +20,14 @@ def split_overrides(args: Sequence[str]) -> Tuple[List[str], List[str]]:
 
 def compose(prog: str, overrides: Sequence[str]) -> DictConfig:
     """The run configuration ``llmft-train`` would compose from ``overrides``; a mistake exits with its message."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from llmft.config.precheck import CONFIG_DIR, check_overrides
     from llmft.config.validate import check_target
     from llmft.errors import ConfigError
 
     try:
-        check_overrides(list(overrides))
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = hydra_compose(config_name="train", overrides=list(overrides))
+        cfg = check_overrides(list(overrides))
         check_target("data_format", cfg.data_format)  # its keys are the converter's arguments
     except ConfigError as exc:
-        fail(prog, str(exc))
+        fail(str(exc), program=prog)
     return cfg
 
 
@@ -48,9 +37,9 @@ def main_guard(prog: str, body: Callable[[], int]) -> None:
     try:
         code = body()
     except LlmftError as exc:
-        fail(prog, str(exc), code=1)
+        fail(str(exc), code=1, program=prog)
     except KeyboardInterrupt:
-        fail(prog, "interrupted.", code=130)
+        fail("interrupted.", code=130, program=prog)
     except BrokenPipeError:  # the reader went away (llmft-synth | head): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
