@@ -10,10 +10,7 @@ import itertools
 import sys
 from typing import List, Optional, Sequence
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import OverrideParseException
-
-from llmft.config.precheck import check_overrides, fail
+from llmft.config.precheck import check_overrides, fail, sweep_choices
 from llmft.errors import ConfigError
 from llmft.planning import plan_memory, setup_from_cfg
 from llmft.planning.fit import suggest
@@ -53,21 +50,12 @@ def grid(overrides: Sequence[str]) -> List[List[str]]:
     Raises:
         ConfigError: an override cannot be parsed, or sweeps over a range rather than a list of values.
     """
-    try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except OverrideParseException as exc:
-        raise ConfigError(f"cannot parse the command line: {exc}") from None
-    choices = []
-    for override, text in zip(parsed, overrides):
-        key = text.split("=", 1)[0]
-        if not override.is_sweep_override():
-            choices.append([text])
-            continue
-        try:
-            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
-        except Exception:  # interval() or tag(): a sweeper's search space, not a list of values
+    choices = sweep_choices(overrides)
+    for text, values in zip(overrides, choices):
+        if values is None:
+            key = text.split("=", 1)[0]
             raise ConfigError(f"{text} is a search space, not a list of values: give {key} a few values "
-                              f"({key}=a,b,c) to plan each.") from None
+                              f"({key}=a,b,c) to plan each.")
     return [list(point) for point in itertools.product(*choices)]
 
 

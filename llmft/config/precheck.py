@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 import sys
 from pathlib import Path
-from typing import List, NoReturn, Sequence
+from typing import List, NoReturn, Optional, Sequence
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -94,23 +94,33 @@ def _split_argv(argv: Sequence[str]):
     return config_dir, config_name, overrides
 
 
-def _variants(overrides: List[str]) -> List[List[str]]:
-    """One override list per value of each sweep (not the full grid): every value gets composed once."""
+def sweep_choices(overrides: Sequence[str]) -> List[Optional[List[str]]]:
+    """For each override, the single overrides it stands for (``lora.r=4,8`` -> ``lora.r=4``, ``lora.r=8``), or
+    None for a sweeper's search space (``interval()``, ``tag()``), which is not a list of values.
+
+    Raises:
+        ConfigError: the command line cannot be parsed.
+    """
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
     except OverrideParseException as exc:
         raise ConfigError(f"cannot parse the command line: {exc}") from None
-    choices: List[List[str]] = []
+    choices: List[Optional[List[str]]] = []
     for override, text in zip(parsed, overrides):
-        key = text.split("=", 1)[0]
-        if override.is_sweep_override():
-            try:
-                values = list(override.sweep_string_iterator())
-            except Exception:  # interval() or tag(): a sweeper's search space, not a list of values
-                values = []
-            choices.append([f"{key}={v}" for v in values])
-        else:
+        if not override.is_sweep_override():
             choices.append([text])
+            continue
+        key = text.split("=", 1)[0]
+        try:
+            choices.append([f"{key}={v}" for v in override.sweep_string_iterator()])
+        except Exception:  # interval() or tag(): a search space
+            choices.append(None)
+    return choices
+
+
+def _variants(overrides: List[str]) -> List[List[str]]:
+    """One override list per value of each sweep (not the full grid): every value gets composed once."""
+    choices = [c or [] for c in sweep_choices(overrides)]
     firsts = [c[0] if c else None for c in choices]
     variants = [firsts] + [firsts[:i] + [value] + firsts[i + 1:]
                            for i, values in enumerate(choices) for value in values[1:]]
