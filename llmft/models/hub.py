@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 from transformers import AutoConfig
 
 from llmft.errors import ModelLoadError
-from llmft.models.gguf import convert_gguf
+from llmft.models.gguf import DONE_MARKER, convert_gguf
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,12 @@ def _in_hf_cache(name: str, revision: Optional[str]) -> bool:
         return False
 
 
-def resolve_source(name_or_path: str, revision: Optional[str], gguf: Optional[Mapping[str, str]],
-                   cache_dir: Optional[str]) -> str:
-    """Return a folder or hub id that ``from_pretrained`` can load offline, converting a GGUF file if needed.
+def find_source(name_or_path: str, revision: Optional[str], gguf: Optional[Mapping[str, str]],
+                cache_dir: Optional[str]) -> Optional[str]:
+    """Return a folder or hub id that ``from_pretrained`` can load without converting anything, or None.
 
-    Order: a local folder; the Hugging Face cache; the hub when reachable; the model's GGUF fallback.
-
-    Raises:
-        ModelLoadError: none of these has the model.
+    Order: a local folder; the Hugging Face cache; the hub when reachable; an earlier conversion of the model's
+    GGUF fallback. None means only the GGUF file itself (if any) has the model.
     """
     if Path(name_or_path).expanduser().is_dir():
         return str(Path(name_or_path).expanduser())
@@ -57,10 +55,33 @@ def resolve_source(name_or_path: str, revision: Optional[str], gguf: Optional[Ma
     if hub_reachable():
         log.info("Model %s: downloading from the Hugging Face hub", name_or_path)
         return name_or_path
+    converted = converted_folder(name_or_path, cache_dir)
+    if gguf is not None and converted is not None and (converted / DONE_MARKER).exists():
+        return str(converted)
+    return None
+
+
+def converted_folder(name_or_path: str, cache_dir: Optional[str]) -> Optional[Path]:
+    """Where the safetensors copy of a model's GGUF file is kept (None without a cache folder)."""
+    return Path(cache_dir).expanduser() / "models" / name_or_path.replace("/", "--") if cache_dir else None
+
+
+def resolve_source(name_or_path: str, revision: Optional[str], gguf: Optional[Mapping[str, str]],
+                   cache_dir: Optional[str]) -> str:
+    """Return a folder or hub id that ``from_pretrained`` can load offline, converting a GGUF file if needed.
+
+    Order: as ``find_source``, then the conversion of the model's GGUF fallback.
+
+    Raises:
+        ModelLoadError: none of these has the model.
+    """
+    source = find_source(name_or_path, revision, gguf, cache_dir)
+    if source is not None:
+        return source
     if gguf is not None:
         if cache_dir is None:
             raise ModelLoadError("paths.cache_dir is not set, so the GGUF weights have nowhere to be converted to.")
-        return str(convert_gguf(gguf, Path(cache_dir).expanduser() / "models" / name_or_path.replace("/", "--")))
+        return str(convert_gguf(gguf, converted_folder(name_or_path, cache_dir)))
     raise ModelLoadError(
         f"model {name_or_path} is not in the local Hugging Face cache and the hub cannot be reached. On a machine "
         f"with internet run `huggingface-cli download {name_or_path} --local-dir DIR`, copy DIR here and pass "
