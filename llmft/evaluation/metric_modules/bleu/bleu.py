@@ -1,18 +1,12 @@
 """Corpus BLEU with sacrebleu's default tokenizer (0 to 100)."""
 
-import datasets
-import evaluate
 import sacrebleu
 
-FEATURES = datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")})
+from llmft.evaluation.metric_base import pair_metric
 
 
-class Bleu(evaluate.Metric):
-    """Corpus BLEU with sacrebleu's default tokenizer (0 to 100)."""
+def bleu(predictions, references):
+    return sacrebleu.corpus_bleu(predictions, [references]).score
 
-    def _info(self):
-        return evaluate.MetricInfo(description=__doc__, citation="Papineni et al., 2002; Post, 2018", inputs_description="predictions and "
-                                   "references: lists of strings", features=FEATURES)
 
-    def _compute(self, predictions, references):
-        return {"bleu": sacrebleu.corpus_bleu(list(predictions), [list(references)]).score}
+Bleu = pair_metric("bleu", __doc__, "Papineni et al., 2002; Post, 2018", bleu)

@@ -1,18 +1,12 @@
 """Corpus chrF (character n-gram F-score) with sacrebleu (0 to 100)."""
 
-import datasets
-import evaluate
 import sacrebleu
 
-FEATURES = datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")})
+from llmft.evaluation.metric_base import pair_metric
 
 
-class Chrf(evaluate.Metric):
-    """Corpus chrF (character n-gram F-score) with sacrebleu (0 to 100)."""
+def chrf(predictions, references):
+    return sacrebleu.corpus_chrf(predictions, [references]).score
 
-    def _info(self):
-        return evaluate.MetricInfo(description=__doc__, citation="Popovic, 2015; Post, 2018", inputs_description="predictions and "
-                                   "references: lists of strings", features=FEATURES)
 
-    def _compute(self, predictions, references):
-        return {"chrf": sacrebleu.corpus_chrf(list(predictions), [list(references)]).score}
+Chrf = pair_metric("chrf", __doc__, "Popovic, 2015; Post, 2018", chrf)

@@ -1,19 +1,11 @@
 """Exact match: the share of predictions equal to their reference, whitespace-normalised (0 to 1)."""
 
-import datasets
-import evaluate
+from llmft.evaluation.metric_base import pair_metric
 
 
-FEATURES = datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")})
+def exact_match(predictions, references):
+    same = [" ".join(p.split()) == " ".join(r.split()) for p, r in zip(predictions, references)]
+    return sum(same) / max(len(same), 1)
 
 
-class ExactMatch(evaluate.Metric):
-    """Exact match: the share of predictions equal to their reference, whitespace-normalised (0 to 1)."""
-
-    def _info(self):
-        return evaluate.MetricInfo(description=__doc__, citation="", inputs_description="predictions and "
-                                   "references: lists of strings", features=FEATURES)
-
-    def _compute(self, predictions, references):
-        same = [" ".join(p.split()) == " ".join(r.split()) for p, r in zip(predictions, references)]
-        return {"exact_match": sum(same) / max(len(same), 1)}
+ExactMatch = pair_metric("exact_match", __doc__, "", exact_match)
