@@ -15,6 +15,19 @@ def is_quantized(model: PreTrainedModel) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
+def _keep_4bit_layout_trainable(model: PreTrainedModel) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a ``Linear4bit`` weight on its first forward without
+    gradients (an evaluation) and never unpacks it when training resumes; that kernel has no backward, so every
+    LoRA layer below it then gets a zero gradient and QLoRA silently stops learning (seen here: grad_norm 0.000 on
+    every step after the base evaluation). Evaluation and training then use the same 4-bit matmul.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
 def apply_lora(model: PreTrainedModel, lora_config: LoraConfig, gradient_checkpointing: bool) -> PeftModel:
     """Wrap ``model`` with trainable LoRA adapters; only the adapters require grad afterwards.
 
@@ -30,6 +43,7 @@ def apply_lora(model: PreTrainedModel, lora_config: LoraConfig, gradient_checkpo
         The ``PeftModel``.
     """
     if is_quantized(model):
+        _keep_4bit_layout_trainable(model)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
                                                 gradient_checkpointing_kwargs=CHECKPOINTING)
     elif gradient_checkpointing:

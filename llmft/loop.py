@@ -1,9 +1,13 @@
-"""The training loop: a small loop of our own on ``accelerate``.
+"""The training loop: a small loop of our own on ``accelerate``, with a state that checkpoints and resumes exactly.
 
 Gradient accumulation weighted by tokens (each micro-batch's summed loss is divided by the token count of the
 whole accumulation window, so long and short batches count alike), mixed precision, a warmup + cosine (or other)
 schedule, gradient clipping, and one line of metrics per logged step. ``accelerate launch -m llmft.train``
 runs the same loop on several processes.
+
+The data order of each epoch is a pure function of (seed, epoch) (``batch_plan``), and the loop's position in it
+is part of its state, so a run resumed from a checkpoint sees the same batches, the same dropout masks and the same
+optimizer state as one that was never stopped: its final adapter is the same, tensor for tensor.
 """
 
 import contextlib
@@ -11,21 +15,27 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Callable, List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
-from torch.utils.data import DataLoader
+from accelerate.state import AcceleratorState, GradientState
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_scheduler
 
+from llmft.checkpoint import CheckpointStore, set_rng_state
+from llmft.data.tokenize import IGNORE_INDEX
 from llmft.errors import NonFiniteLossError
+from llmft.interrupt import Interrupted, StopFlag
 from llmft.recording import RunRecorder, peak_memory_mb
 
 log = logging.getLogger(__name__)
 MIXED_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
+BatchPlan = Callable[[int], List[List[int]]]  # epoch -> the micro-batches (dataset indices) of that epoch
 
 
 @dataclass
@@ -34,28 +44,68 @@ class TrainResult:
 
     steps: int
     final_loss: float
+    mean_loss_last_epoch: float
     tokens_per_s: float
     duration_s: float
+    resumed_from_step: int = 0
+
+
+@dataclass
+class LoopState:
+    """Where the loop is: everything besides weights, optimizer and RNG that a checkpoint must hold."""
+
+    step: int = 0            # optimizer steps done
+    epoch: int = 0           # the epoch the next micro-batch comes from
+    batch: int = 0           # micro-batches of that epoch (this process's share) already trained on
+    tokens: int = 0          # tokens trained on, all processes
+    elapsed_s: float = 0.0   # training time before this process started
+    losses: List[List[float]] = field(default_factory=list)  # [epoch, loss] per optimizer step
+    rows: List[dict] = field(default_factory=list)           # the metrics.jsonl lines so far
+
+
+@dataclass
+class Hardware:
+    """The plain values of a hardware profile that the loop uses."""
+
+    device: str = "cpu"
+    precision: str = "fp32"
+    micro_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+
+
+def plain_loss_sum(model, batch: dict):
+    """Summed next-token cross-entropy over the labelled positions, from the model's full logits."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
+                           reduction="sum")
+    return loss, int((labels != IGNORE_INDEX).sum())
 
 
 class TrainingLoop:
     """Fine-tune the trainable parameters of a model on a tokenized dataset.
+
+    Every argument comes from ``conf/trainer/*.yaml`` (the one home of their defaults).
 
     Args:
         learning_rate: peak learning rate.
         weight_decay: AdamW weight decay.
         num_epochs: passes over the data, when ``max_steps`` is None.
         max_steps: optimizer steps to run.
-        warmup_ratio: share of the steps spent warming up.
+        warmup_ratio: share of the steps spent warming up (no step trains at learning rate 0).
         lr_scheduler: a ``transformers.get_scheduler`` name (``cosine``, ``linear``, ``constant`` ...).
         max_grad_norm: clip the gradient norm to this; None disables clipping.
         log_every: optimizer steps between lines of ``metrics.jsonl``.
         eval_every: optimizer steps between validation losses (also written to ``metrics.jsonl``); None: never.
+        save_every: optimizer steps between checkpoints; None: only when stopped by a signal.
+        save_each_epoch: also write a checkpoint at the end of each epoch.
+        keep_checkpoints: how many checkpoints to keep.
     """
 
-    def __init__(self, learning_rate: float = 2e-4, weight_decay: float = 0.0, num_epochs: float = 1.0,
-                 max_steps: Optional[int] = None, warmup_ratio: float = 0.1, lr_scheduler: str = "cosine",
-                 max_grad_norm: Optional[float] = 1.0, log_every: int = 1, eval_every: Optional[int] = None):
+    def __init__(self, learning_rate: float, weight_decay: float, num_epochs: float, max_steps: Optional[int],
+                 warmup_ratio: float, lr_scheduler: str, max_grad_norm: Optional[float], log_every: int,
+                 eval_every: Optional[int], save_every: Optional[int] = None, save_each_epoch: bool = False,
+                 keep_checkpoints: int = 2):
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.num_epochs = num_epochs
@@ -65,79 +115,133 @@ class TrainingLoop:
         self.max_grad_norm = max_grad_norm
         self.log_every = log_every
         self.eval_every = eval_every
+        self.save_every = save_every
+        self.save_each_epoch = save_each_epoch
+        self.keep_checkpoints = keep_checkpoints
+        self.state = LoopState()
+        self.device = "cpu"
 
-    def fit(self, model: torch.nn.Module, dataset, collate: Callable, *, hardware, optimizer: Callable,
-            recorder: RunRecorder, seed: int, validate: Optional[Callable] = None) -> TrainResult:
-        """Train ``model`` in place.
+    def state_dict(self) -> dict:
+        """The loop's state (``LoopState``) as plain values."""
+        return asdict(self.state)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a state that ``state_dict`` returned."""
+        self.state = LoopState(**{k: v for k, v in state.items() if k in LoopState.__dataclass_fields__})
+
+    def fit(self, model: torch.nn.Module, dataset, collate: Callable, *, batch_plan: BatchPlan, hardware: Hardware,
+            optimizer: Callable, recorder: RunRecorder, validate: Optional[Callable] = None,
+            checkpoints: Optional[CheckpointStore] = None, resume: bool = False, resume_command: str = "",
+            loss_fn: Callable = plain_loss_sum) -> TrainResult:
+        """Train ``model`` in place; continue from the newest valid checkpoint when ``resume``.
 
         Args:
             model: a model whose trainable parameters (the adapters) require grad.
             dataset: examples with ``input_ids`` and ``labels``.
-            collate: turns a list of examples into a padded batch.
-            hardware: the hardware profile (device, precision, micro-batch, accumulation).
+            collate: turns a list of examples into a batch of tensors.
+            batch_plan: ``epoch -> micro-batches`` (lists of dataset indices), the same for the same epoch.
+            hardware: device, precision, micro-batch size and accumulation.
             optimizer: a partial optimizer; called with the parameters, ``lr`` and ``weight_decay``.
             recorder: writes ``metrics.jsonl``.
-            seed: seed of the data order.
             validate: ``model -> {"eval_loss", "perplexity", ...}``, called every ``eval_every`` steps.
+            checkpoints: where checkpoints go; None writes none (and a signal then stops without one).
+            resume: continue from ``checkpoints.latest()``.
+            resume_command: the command that resumes this run, printed when a signal stops it.
+            loss_fn: ``(model, batch) -> (summed loss, labelled tokens)``.
 
         Returns:
-            Steps run, last logged loss, throughput and duration.
+            Steps run, losses, throughput and duration.
 
         Raises:
             NonFiniteLossError: the loss became NaN or infinite.
+            Interrupted: SIGINT or SIGTERM stopped training after a checkpoint.
         """
-        accum = hardware.gradient_accumulation_steps
+        AcceleratorState._reset_state()  # a sweep's jobs share this process; each sets its own precision
+        GradientState._reset_state()
+        self.device = hardware.device
         accelerator = Accelerator(mixed_precision=MIXED_PRECISION[hardware.precision], cpu=hardware.device == "cpu")
-        loader = DataLoader(dataset, batch_size=hardware.micro_batch_size, shuffle=True, collate_fn=collate,
-                            generator=torch.Generator().manual_seed(seed))
         params = [p for p in model.parameters() if p.requires_grad]
         opt = optimizer(params, lr=self.learning_rate, weight_decay=self.weight_decay)
-        model, opt, loader = accelerator.prepare(model, opt, loader)
-        # counted on the prepared loader (each process's share), and the schedule is not handed to accelerate,
-        # so that it steps exactly once per optimizer step with one process or several
-        steps_per_epoch = math.ceil(len(loader) / accum)
+        model, opt = accelerator.prepare(model, opt)
+        epoch_batches = _Sharded(batch_plan, accelerator.process_index, accelerator.num_processes)
+        accum = hardware.gradient_accumulation_steps
+        steps_per_epoch = math.ceil(len(epoch_batches(0)) / accum)
         total = self.max_steps or max(1, math.ceil(self.num_epochs * steps_per_epoch))
+        # one step longer, stepped once now: step k trains at the schedule's value k, never at warmup's 0
         sched = get_scheduler(self.lr_scheduler, opt, num_warmup_steps=round(self.warmup_ratio * total),
-                              num_training_steps=total)
+                              num_training_steps=total + 1)
+        with warnings.catch_warnings():  # stepping before the optimizer is the point here
+            warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*before.*optimizer.step", category=UserWarning)
+            sched.step()
+        self.state = LoopState()
+        rng = self._resume(checkpoints, accelerator.unwrap_model(model), opt, sched, recorder) if resume else None
+        log.info("Training: %d optimizer steps (%d per epoch), micro-batch %d x %d accumulation, %s%s", total,
+                 steps_per_epoch, hardware.micro_batch_size, accum, hardware.precision,
+                 f", resuming after step {self.state.step}" if self.state.step else "")
+        first = self.state.step
         model.train()
-        log.info("Training: %d optimizer steps (%d per epoch), micro-batch %d x %d accumulation, %s", total,
-                 steps_per_epoch, hardware.micro_batch_size, accum, hardware.precision)
-        start, tokens, loss = time.perf_counter(), 0, float("nan")
-        windows = _windows(loader, accum)
-        bar = tqdm(total=total, desc="train", unit="step", disable=not sys.stderr.isatty(), dynamic_ncols=True)
-        with logging_redirect_tqdm():
-            for step in range(1, total + 1):
-                window = next(windows)
-                lr = sched.get_last_lr()[0]  # the rate this step uses
-                loss, n_tokens, grad_norm = self._step(model, window, accelerator, params, opt, sched)
-                tokens += n_tokens
+        if rng is not None:
+            set_rng_state(rng)  # last, so that nothing built above draws from the restored generators
+        start, loss = time.perf_counter() - self.state.elapsed_s, float("nan")
+        bar = tqdm(total=total, initial=first, desc="train", unit="step", disable=not sys.stderr.isatty(),
+                   dynamic_ncols=True)
+        with logging_redirect_tqdm(), StopFlag() as stop:
+            for step in range(first + 1, total + 1):
+                epoch = self.state.epoch
+                window = self._next_window(epoch_batches, accum, dataset, collate)
+                lr = sched.get_last_lr()[0]
+                loss, n_tokens, grad_norm = self._step(model, window, accelerator, params, opt, sched, loss_fn)
                 if not math.isfinite(loss):
                     raise NonFiniteLossError(step, loss)
-                elapsed = time.perf_counter() - start
+                self.state.step, self.state.tokens = step, self.state.tokens + n_tokens
+                self.state.losses.append([epoch, loss])
+                self.state.elapsed_s = time.perf_counter() - start
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / elapsed:.0f}")
+                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{self.state.tokens / self.state.elapsed_s:.0f}")
                 if step % self.log_every == 0 or step == total:
-                    self._log(recorder, step, step / steps_per_epoch, loss, lr, grad_norm,
-                              tokens / elapsed, total)
+                    self._log(recorder, step, step / steps_per_epoch, loss, lr, grad_norm, total)
                 if validate is not None and self.eval_every and step % self.eval_every == 0:
                     self._validate(recorder, validate, model, step, step / steps_per_epoch)
+                epoch_ended = self.state.epoch != epoch
+                if checkpoints is not None and step < total and (
+                        stop.signum is not None or (self.save_every and step % self.save_every == 0)
+                        or (self.save_each_epoch and epoch_ended)):
+                    self._save(checkpoints, accelerator, model, opt, sched)
+                if stop.signum is not None and step < total:
+                    raise Interrupted(stop.signum, step, resume_command)
         bar.close()
         duration = time.perf_counter() - start
-        return TrainResult(steps=total, final_loss=loss, tokens_per_s=tokens / duration, duration_s=duration)
+        accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # evaluation sets its own precision
+        last = self.state.losses[-1][0] if self.state.losses else 0
+        tail = [l for e, l in self.state.losses if e == last]
+        return TrainResult(steps=total, final_loss=loss, mean_loss_last_epoch=sum(tail) / max(len(tail), 1),
+                           tokens_per_s=self.state.tokens / max(duration, 1e-9), duration_s=duration,
+                           resumed_from_step=first)
 
-    def _step(self, model, window: List[dict], accelerator: Accelerator, params, opt, sched):
+    def _next_window(self, epoch_batches: "_Sharded", accum: int, dataset, collate) -> List[dict]:
+        """The next ``accum`` micro-batches of the current epoch (fewer at its end); advances the position."""
+        batches = epoch_batches(self.state.epoch)
+        chosen = batches[self.state.batch: self.state.batch + accum]
+        self.state.batch += len(chosen)
+        if self.state.batch >= len(batches):
+            self.state.epoch, self.state.batch = self.state.epoch + 1, 0
+        return [collate([dataset[i] for i in indices]) for indices in chosen]
+
+    def _step(self, model, window: List[dict], accelerator: Accelerator, params, opt, sched, loss_fn):
         """One optimizer step over a window of micro-batches; returns (mean loss, tokens, grad norm)."""
-        targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in window)
+        window = [{k: v.to(accelerator.device) for k, v in batch.items()} for batch in window]
+        targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window)
         targets = int(accelerator.gather(torch.tensor([targets], device=accelerator.device)).sum())
         loss_sum, tokens = 0.0, 0
         for i, batch in enumerate(window):
             sync = accelerator.no_sync(model) if i < len(window) - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
-                out = model(**batch, num_items_in_batch=targets)
+                summed, _ = loss_fn(model, batch)
+                loss = summed / max(targets, 1)
             # DDP averages gradients over processes; the loss is already divided by the global token count.
-            accelerator.backward(out.loss * accelerator.num_processes)
-            loss_sum += float(out.loss.detach())
-            tokens += int(batch["attention_mask"].sum())
+            accelerator.backward(loss * accelerator.num_processes)
+            loss_sum += float(loss.detach())
+            tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
         # each process holds its share of the window's loss and tokens: the step's figures are their sums
         loss_sum, tokens = accelerator.reduce(torch.tensor([loss_sum, float(tokens)], device=accelerator.device),
                                               reduction="sum").tolist()
@@ -147,35 +251,65 @@ class TrainingLoop:
         opt.zero_grad(set_to_none=True)
         return loss_sum, int(tokens), grad_norm
 
-    @staticmethod
-    def _log(recorder, step, epoch, loss, lr, grad_norm, tokens_per_s, total) -> None:
+    def _resume(self, checkpoints: Optional[CheckpointStore], model, opt, sched, recorder: RunRecorder):
+        """Load the newest valid checkpoint (if any) and rewind ``metrics.jsonl`` to it; returns its RNG state."""
+        path = checkpoints.latest() if checkpoints is not None else None
+        if path is None:
+            log.info("No checkpoint to resume from: training from the start.")
+            recorder.restart_metrics([])
+            return None
+        state = checkpoints.load(path, model, opt, sched)
+        rng = state.pop("rng")
+        self.load_state_dict(state)
+        recorder.restart_metrics(self.state.rows)
+        log.info("Resumed from %s (step %d, epoch %d, micro-batch %d of the epoch)", path, self.state.step,
+                 self.state.epoch, self.state.batch)
+        return rng
+
+    def _save(self, checkpoints: CheckpointStore, accelerator: Accelerator, model, opt, sched) -> None:
+        if accelerator.is_main_process:
+            checkpoints.save(self.state.step, accelerator.unwrap_model(model), opt, sched, self.state_dict())
+        accelerator.wait_for_everyone()
+
+    def _log(self, recorder, step, epoch, loss, lr, grad_norm, total) -> None:
+        tokens_per_s = self.state.tokens / max(self.state.elapsed_s, 1e-9)
         row = {"step": step, "epoch": round(epoch, 4), "loss": loss, "learning_rate": lr, "grad_norm": grad_norm,
-               "tokens_per_s": round(tokens_per_s, 1), "peak_memory_mb": round(peak_memory_mb(), 1)}
+               "tokens_per_s": round(tokens_per_s, 1), "peak_memory_mb": round(peak_memory_mb(self.device), 1)}
+        self.state.rows.append(row)
         recorder.log_step(row)
         log.info("step %d/%d  epoch %.2f  loss %.4f  lr %.2e  grad_norm %.3f  %.0f tok/s", step, total,
-                epoch, loss, lr, grad_norm, tokens_per_s)
+                 epoch, loss, lr, grad_norm, tokens_per_s)
 
-
-    @staticmethod
-    def _validate(recorder, validate: Callable, model, step: int, epoch: float) -> None:
+    def _validate(self, recorder, validate: Callable, model, step: int, epoch: float) -> None:
         figures = validate(model)
-        recorder.log_step({"step": step, "epoch": round(epoch, 4), "eval_loss": figures["eval_loss"],
-                           "perplexity": figures["perplexity"]})
+        row = {"step": step, "epoch": round(epoch, 4), "eval_loss": figures["eval_loss"],
+               "perplexity": figures["perplexity"]}
+        self.state.rows.append(row)
+        recorder.log_step(row)
         log.info("step %d  validation loss %.4f  perplexity %.2f", step, figures["eval_loss"], figures["perplexity"])
         model.train()
 
 
-def _windows(loader: DataLoader, accum: int) -> Iterator[List[dict]]:
-    """Endless groups of ``accum`` micro-batches, epoch after epoch (the last group of an epoch may be short)."""
-    while True:
-        window = []
-        for batch in loader:
-            window.append(batch)
-            if len(window) == accum:
-                yield window
-                window = []
-        if window:
-            yield window
+class _Sharded:
+    """One process's share of each epoch's micro-batches (every process gets the same number), cached per epoch."""
+
+    def __init__(self, plan: BatchPlan, rank: int, world: int):
+        self.plan, self.rank, self.world = plan, rank, world
+        self._epoch, self._batches = None, []
+
+    def __call__(self, epoch: int) -> Sequence[List[int]]:
+        if epoch != self._epoch:
+            batches = list(self.plan(epoch))
+            batches += batches[: (-len(batches)) % self.world]  # repeat a few so that processes stay in step
+            self._epoch, self._batches = epoch, batches[self.rank:: self.world]
+        return self._batches
+
+
+def shuffled_batches(num_examples: int, micro_batch_size: int, seed: int, epoch: int) -> List[List[int]]:
+    """A random order of the examples for ``epoch``, cut into micro-batches; the same for the same arguments."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(num_examples, generator=generator).tolist()
+    return [order[i: i + micro_batch_size] for i in range(0, num_examples, micro_batch_size)]
 
 
 def _clip(accelerator: Accelerator, params, max_norm: Optional[float]) -> float:

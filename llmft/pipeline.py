@@ -1,43 +1,68 @@
 """``run(cfg, output_dir)``: build everything in a fixed order, evaluate the base, train, evaluate, save."""
 
+import contextlib
 import functools
 import logging
+import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from accelerate.utils import set_seed
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from safetensors import SafetensorError
 
 from llmft.adapters import apply_lora
 from llmft.config.resolvers import precision_to_dtype
 from llmft.config.validate import validate
 from llmft.data import Splits, load_splits, pad_collate, tokenize_records
 from llmft.data.templates import use_chat_template
+from llmft.checkpoint import CheckpointStore
 from llmft.errors import DeviceUnavailableError
 from llmft.evaluation import EvalData, Perplexity, build_eval_report, run_evaluators, samples_markdown
+from llmft.files import WriteError, atomic_write, read_json, write_json, write_manifest
+from llmft.interrupt import Interrupted
+from llmft.loop import Hardware, shuffled_batches
 from llmft.planning.preflight import emulate_budget, fit_budget, longest_sequence, memory_summary, plan_run
 from llmft.recording import RunRecorder, peak_memory_mb, peak_reserved_mb, reset_peak_memory
+from llmft.run_folder import RunFolder, check_resumable
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig, output_dir, overrides: Sequence[str] = ()) -> Dict[str, Any]:
+def run(cfg: DictConfig, output_dir, overrides: Sequence[str] = (), resume: bool = False,
+        resume_command: Optional[str] = None) -> Dict[str, Any]:
     """Fine-tune and evaluate the model that ``cfg`` describes; write the run folder.
 
     Args:
         cfg: the composed configuration (``conf/train.yaml``).
         output_dir: the run folder (Hydra's output dir, or a temporary folder in tests).
         overrides: the command-line overrides, recorded in ``summary.json``.
+        resume: continue the run that ``output_dir`` holds from its newest valid checkpoint (a completed run is
+            left as it is; a folder without a checkpoint starts from the beginning).
+        resume_command: the command that continues this run, printed if a signal stops it.
 
     Returns:
         The contents of ``summary.json``: status, losses, perplexities, parameters, throughput, memory, duration.
     """
     validate(cfg)
-    tracker = build(cfg.get("logger"), run_config=cfg, output_dir=str(output_dir), overrides=list(overrides))
-    recorder = RunRecorder(Path(output_dir), trackers=[tracker] if tracker else [])
+    folder = RunFolder(output_dir)
+    if resume and _completed(folder.path):
+        log.info("%s already completed: nothing to resume.", folder.path)
+        return read_json(folder.path / "summary.json", "run summary")
+    folder.claim(resume)
+    try:
+        return _run_in(folder, cfg, overrides, resume, resume_command or f"llmft-train resume={folder.path.resolve()}")
+    finally:
+        folder.release()
+
+
+def _run_in(folder: RunFolder, cfg: DictConfig, overrides: Sequence[str], resume: bool,
+            resume_command: str) -> Dict[str, Any]:
+    tracker = build(cfg.get("logger"), run_config=cfg, output_dir=str(folder.path), overrides=list(overrides))
+    recorder = RunRecorder(folder.path, trackers=[tracker] if tracker else [])
     log.info("Run folder: %s", recorder.output_dir.resolve())
     summary: Dict[str, Any] = {"status": "running", "overrides": list(overrides)}
     start, plan = time.perf_counter(), None
@@ -46,27 +71,46 @@ def run(cfg: DictConfig, output_dir, overrides: Sequence[str] = ()) -> Dict[str,
         plan = plan_run(cfg)  # before any weight is loaded
         _check_device(cfg.hardware)
         plan, fitted = fit_budget(cfg, plan)  # refuses a run that does not fit, or (auto_fit) changes cfg
+        saved = folder.saved_config() if resume else None
+        if saved is not None:
+            check_resumable(saved, cfg)
+        folder.save_config(cfg)
         summary.update(fitted, **emulate_budget(cfg))
-        summary.update(_train_and_evaluate(cfg, recorder))
+        summary.update(_train_and_evaluate(cfg, recorder, resume, resume_command))
         summary["status"] = "completed"
     except DeviceUnavailableError as exc:
         summary.update(status="skipped", error=str(exc))
+        raise
+    except Interrupted as exc:
+        summary.update(status="interrupted", interrupted_at_step=exc.step, error=str(exc),
+                       resume_command=resume_command)
+        raise
+    except KeyboardInterrupt:
+        summary.update(status="interrupted", error="stopped by Ctrl-C (no checkpoint was written at that point)",
+                       resume_command=resume_command)
         raise
     except BaseException as exc:
         summary.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        peak, reserved = peak_memory_mb(), peak_reserved_mb()
+        peak, reserved = peak_memory_mb(cfg.hardware.device), peak_reserved_mb(cfg.hardware.device)
         summary.update(duration_s=round(time.perf_counter() - start, 1), peak_memory_mb=round(peak, 1),
                        **({"peak_reserved_mb": round(reserved, 1)} if reserved else {}),
-                       **memory_summary(plan, summary, peak), output_dir=str(Path(output_dir).resolve()))
+                       **memory_summary(plan, summary, peak), output_dir=str(folder.path.resolve()))
         recorder.write_json("summary.json", summary)
         recorder.close()
         _log_outcome(summary)
     return summary
 
 
-def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder) -> Dict[str, Any]:
+def _completed(path: Path) -> bool:
+    try:
+        return read_json(path / "summary.json").get("status") == "completed"
+    except Exception:  # absent or damaged: not completed
+        return False
+
+
+def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, resume_command: str) -> Dict[str, Any]:
     hardware = cfg.hardware
     set_seed(cfg.seed)
     splits = read_splits(cfg, recorder.output_dir)
@@ -82,27 +126,76 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder) -> Dict[str, Any
         model.to(hardware.device)
     evaluators = {name: build(node) for name, node in (cfg.eval or {}).items()}
     eval_data = EvalData(records=splits.val, tokenized=val_set)
-    with model.disable_adapter():
-        base = run_evaluators(evaluators, model, tokenizer, eval_data, "base")
+    precision = functools.partial(evaluation_precision, hardware)
+    base = _base_results(recorder.output_dir / "base_eval.json", resume, evaluators, model, tokenizer, eval_data,
+                         precision)
     loop = build(cfg.trainer)
+    validate_fn = lambda m: _under(precision, Perplexity(hardware.micro_batch_size), m, tokenizer, eval_data)  # noqa
     result = loop.fit(model, train_set, functools.partial(pad_collate, pad_token_id=tokenizer.pad_token_id),
-                      hardware=hardware, optimizer=build(hardware.optimizer), recorder=recorder, seed=cfg.seed,
-                      validate=lambda m: Perplexity(hardware.micro_batch_size)(m, tokenizer, eval_data))
-    tuned = run_evaluators(evaluators, model, tokenizer, eval_data, "fine-tuned")
+                      batch_plan=functools.partial(shuffled_batches, len(train_set), hardware.micro_batch_size,
+                                                   cfg.seed),
+                      hardware=Hardware(hardware.device, hardware.precision, hardware.micro_batch_size,
+                                        hardware.gradient_accumulation_steps),
+                      optimizer=build(hardware.optimizer), recorder=recorder, validate=validate_fn,
+                      checkpoints=CheckpointStore(recorder.output_dir / "checkpoints", cfg.trainer.keep_checkpoints),
+                      resume=resume, resume_command=resume_command)
+    with precision():
+        tuned = run_evaluators(evaluators, model, tokenizer, eval_data, "fine-tuned")
     report = build_eval_report(base, tuned)
     recorder.write_json("eval_report.json", report)
-    (recorder.output_dir / "samples.md").write_text(samples_markdown(report, f"{loaded.name}: base vs fine-tuned"),
-                                                    encoding="utf-8")
+    _save_outputs(recorder.output_dir, model, tokenizer, samples_markdown(report, f"{loaded.name}: base vs fine-tuned"))
     _log_answers(report)
-    model.save_pretrained(recorder.output_dir / "adapter")
-    tokenizer.save_pretrained(recorder.output_dir / "adapter")
     trainable, total = model.get_nb_trainable_parameters()
-    return {"model": loaded.name, "final_train_loss": result.final_loss, "train_steps": result.steps,
+    return {"model": loaded.name, "final_train_loss": result.final_loss,
+            "mean_train_loss_last_epoch": result.mean_loss_last_epoch, "train_steps": result.steps,
+            "resumed_from_step": result.resumed_from_step,
             "train_records": len(train_set), "dropped_records": train_dropped, "rejected_records": splits.rejected,
             "duplicate_records": splits.duplicates, "eval_loss": report.get("eval_loss"),
             "perplexity": report.get("perplexity"), "base_perplexity": report["base"].get("perplexity"),
             "trainable_params": trainable, "total_params": total, "tokens_per_s": round(result.tokens_per_s, 1),
             "train_duration_s": round(result.duration_s, 1), "longest_sequence": longest_sequence(train_set, val_set)}
+
+
+def _base_results(path: Path, resume: bool, evaluators, model, tokenizer, eval_data, precision) -> Dict[str, dict]:
+    """The base model's evaluation: computed once (adapter disabled) and kept, so a resumed run reuses it."""
+    if resume and path.is_file():
+        log.info("Base model figures from %s (computed before the interruption)", path)
+        return read_json(path, "base evaluation")
+    with model.disable_adapter(), precision():
+        base = run_evaluators(evaluators, model, tokenizer, eval_data, "base")
+    write_json(path, base)
+    return base
+
+
+def _save_outputs(folder: Path, model, tokenizer, samples: str) -> None:
+    """samples.md and the adapter, each written whole (temporary name, then renamed), with the adapter's manifest."""
+    atomic_write(folder / "samples.md", samples)
+    staging = folder / ".adapter.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    except (OSError, RuntimeError, SafetensorError) as exc:  # a full disk reaches us as any of these
+        shutil.rmtree(staging, ignore_errors=True)
+        raise WriteError(f"could not write the adapter to {folder / 'adapter'} ({exc}). The disk may be full, or "
+                         "the folder not writable: free space or choose another folder (hydra.run.dir=...); "
+                         "nothing half-written was left under that name.") from None
+    write_manifest(staging, [p.name for p in staging.iterdir() if p.is_file()])
+    shutil.rmtree(folder / "adapter", ignore_errors=True)
+    staging.rename(folder / "adapter")
+
+
+def evaluation_precision(hardware: DictConfig):
+    """The autocast that training used, so that base and fine-tuned figures are computed at the same precision."""
+    if hardware.precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if hardware.precision == "bf16" else torch.float16
+    return torch.autocast(device_type=hardware.device, dtype=dtype)
+
+
+def _under(precision, evaluator, model, tokenizer, data):
+    with precision():
+        return evaluator(model, tokenizer, data)
 
 
 def read_splits(cfg: DictConfig, report_dir=None) -> Splits:
@@ -156,6 +249,6 @@ def _log_outcome(summary: Dict[str, Any]) -> None:
         return
     ppl = (f"val perplexity {summary['base_perplexity']:.2f} -> {summary['perplexity']:.2f} (base -> fine-tuned), "
            if summary.get("perplexity") is not None else "")
-    log.info("Done in %.0f s: %strain loss %.4f, %.0f tok/s, peak memory %.0f MB. Run folder: %s",
-             summary["duration_s"], ppl, summary["final_train_loss"], summary["tokens_per_s"],
+    log.info("Done in %.0f s: %smean train loss of the last epoch %.4f, %.0f tok/s, peak memory %.0f MB. Run folder: %s",
+             summary["duration_s"], ppl, summary["mean_train_loss_last_epoch"], summary["tokens_per_s"],
              summary["peak_memory_mb"], summary["output_dir"])

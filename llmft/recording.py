@@ -1,7 +1,6 @@
 """What a run leaves in its folder: ``metrics.jsonl`` line by line, JSON reports, and peak memory."""
 
 import json
-import math
 import re
 import resource
 from pathlib import Path
@@ -9,14 +8,21 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from llmft.files import atomic_write, finite, write_json
 
-def peak_memory_mb() -> float:
-    """Peak memory of this run in MiB: CUDA max allocated on a GPU, else peak resident memory.
+
+def _on_gpu(device: str) -> bool:
+    # a CPU run on a machine with a GPU: bitsandbytes may have initialised CUDA, but the run's memory is host memory
+    return device == "cuda" and torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
+def peak_memory_mb(device: str = "cpu") -> float:
+    """Peak memory of this run in MiB: CUDA max allocated for a ``cuda`` run, else peak resident memory.
 
     The resident peak is Linux's ``VmHWM``, which ``reset_peak_memory`` sets back to the current resident size,
     so it covers this run only; elsewhere it is ``ru_maxrss``, the peak of the whole process.
     """
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if _on_gpu(device):
         return torch.cuda.max_memory_allocated() / 2**20
     try:
         status = Path("/proc/self/status").read_text()
@@ -25,9 +31,9 @@ def peak_memory_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux and BSD report KiB
 
 
-def peak_reserved_mb() -> Optional[float]:
+def peak_reserved_mb(device: str = "cpu") -> Optional[float]:
     """Peak memory the CUDA caching allocator reserved in MiB (allocated plus its cache), or None off a GPU."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if _on_gpu(device):
         return torch.cuda.max_memory_reserved() / 2**20
     return None
 
@@ -42,17 +48,6 @@ def reset_peak_memory() -> None:
         pass  # not Linux (or not permitted): the resident peak stays the process's
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN: write non-finite floats as strings so the files stay valid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 class RunRecorder:
     """Writes the files of one run folder, and hands the same lines and reports to the trackers (W&B)."""
 
@@ -65,17 +60,23 @@ class RunRecorder:
     def log_step(self, metrics: dict) -> None:
         """Append one line to ``metrics.jsonl``."""
         with self.metrics_path.open("a", encoding="utf-8") as out:
-            out.write(json.dumps(_finite(metrics)) + "\n")
+            out.write(json.dumps(finite(metrics)) + "\n")
         for tracker in self.trackers:
             tracker.log_step(metrics)
 
     def write_json(self, name: str, payload: dict) -> Path:
-        """Write ``payload`` to ``name`` in the run folder (indented, UTF-8) and return its path."""
-        path = self.output_dir / name
-        path.write_text(json.dumps(_finite(payload), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        """Write ``payload`` to ``name`` in the run folder (indented, UTF-8, atomically) and return its path."""
+        path = write_json(self.output_dir / name, payload)
         for tracker in self.trackers:
             tracker.record(name, payload)
         return path
+
+    def restart_metrics(self, rows: Sequence[dict]) -> None:
+        """Replace ``metrics.jsonl`` with ``rows`` (a resumed run: the lines up to its checkpoint, each step once).
+
+        The trackers are not replayed: a resumed W&B run continues from the next step.
+        """
+        atomic_write(self.metrics_path, "".join(json.dumps(finite(row)) + "\n" for row in rows))
 
     def close(self) -> None:
         """Close the trackers (a W&B run finishes here)."""

@@ -14,7 +14,8 @@ from omegaconf import DictConfig
 
 from llmft.config import schema  # noqa: F401  (registers train_schema)
 from llmft.config.precheck import CONFIG_DIR, fail, precheck
-from llmft.errors import DeviceUnavailableError, LlmftError
+from llmft.errors import ConfigError, DeviceUnavailableError, LlmftError
+from llmft.run_folder import check_writable, resume_argv
 
 log = logging.getLogger("llmft")
 
@@ -30,10 +31,19 @@ def hydra_main(cfg: DictConfig) -> float:
 
         datasets.disable_progress_bars()
         transformers.utils.logging.disable_progress_bar()
+    from llmft.interrupt import Interrupted
+
     hydra_cfg = HydraConfig.get()
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("resume=")]
+    command = f"llmft-train -m resume={hydra_cfg.sweep.dir}" if sweeping else None
     try:
-        summary = run(cfg, hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task))
+        summary = run(cfg, hydra_cfg.runtime.output_dir, overrides=overrides, resume=cfg.resume is not None,
+                      resume_command=command)
+    except Interrupted as exc:  # the whole sweep stops too: resume=SWEEP_DIR continues it
+        fail(str(exc), code=exc.exit_code)
+    except KeyboardInterrupt:
+        fail("stopped by Ctrl-C.", code=130)
     except LlmftError as exc:
         if sweeping:
             what = "skipped" if isinstance(exc, DeviceUnavailableError) else "failed"
@@ -64,12 +74,25 @@ def release_memory() -> None:
 
 def main() -> None:
     """Console script: check the overrides in seconds, then run Hydra."""
+    try:
+        sys.argv[1:] = resume_argv(sys.argv[1:])
+    except ConfigError as exc:
+        fail(str(exc))
     precheck(sys.argv[1:])
+    try:
+        check_writable(sys.argv[1:])
+    except LlmftError as exc:
+        fail(str(exc), code=1)
     if int(os.environ.get("RANK", "0")) > 0:  # `accelerate launch`: only the main process writes a run folder
         scratch = tempfile.mkdtemp(prefix=f"llmft-rank{os.environ['RANK']}-")
         sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null", "hydra.job_logging.root.level=WARNING"]
         atexit.register(shutil.rmtree, scratch, True)
     hydra_main()
+    from llmft.sweeps.callback import FAILED_JOBS
+
+    if FAILED_JOBS:
+        fail(f"{len(FAILED_JOBS)} job(s) of the sweep failed ({', '.join(FAILED_JOBS)}); each one's summary.json "
+             "says why, and the sweep table lists every job.", code=1)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 ``${dtype:bf16}`` maps a precision name to a torch dtype name (``bfloat16``), so that the quantization config
 takes its compute dtype from the hardware profile. ``${sample_data:kubernetes}`` is the folder of a dataset
-bundled with the package, wherever the package is installed.
+bundled with the package, wherever the package is installed. ``${run_id:}`` tells apart the folders of runs
+started in the same second.
 """
 
+import secrets
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -23,5 +25,11 @@ def sample_data(name: str) -> str:
     return str(SAMPLE_DATA / name)
 
 
+def run_id() -> str:
+    """Six random hex digits: two runs started in the same second get two folders."""
+    return secrets.token_hex(3)
+
+
+OmegaConf.register_new_resolver("run_id", run_id, replace=True, use_cache=True)
 OmegaConf.register_new_resolver("dtype", precision_to_dtype, replace=True)
 OmegaConf.register_new_resolver("sample_data", sample_data, replace=True)

@@ -87,6 +87,10 @@ class TrainerConf:
     log_every: int = rule(1, "optimizer steps between lines of metrics.jsonl", ge=1)
     eval_every: Optional[int] = rule(None, "optimizer steps between validation losses in metrics.jsonl (null: none)",
                                      ge=1)
+    save_every: Optional[int] = rule(None, "optimizer steps between checkpoints (null: only when a signal stops the "
+                                     "run)", ge=1)
+    save_each_epoch: bool = rule(False, "also write a checkpoint at the end of each epoch")
+    keep_checkpoints: int = rule(2, "how many checkpoints to keep (the oldest go first)", ge=1)
 
 
 @dataclass
@@ -102,6 +106,8 @@ class TrainConf:
     trainer: TrainerConf = field(default_factory=TrainerConf)
     eval: Optional[Any] = None
     logger: Optional[Any] = None
+    resume: Optional[str] = rule(None, "a run folder to continue from its newest checkpoint (or a sweep folder, "
+                                 "with -m: its unfinished jobs)")
 
 
 def register() -> None:

@@ -22,6 +22,7 @@ from datasets import Dataset
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
+from llmft.data.cache import seal_cache, usable_cache
 from llmft.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -163,12 +164,12 @@ def tokenize_records(records: List[dict], tokenizer: PreTrainedTokenizerBase, ma
     raw = Dataset.from_list([{"id": r["id"], "messages": r["messages"]} for r in records])
     fingerprint = tokenization_fingerprint(records, tokenizer, max_seq_length, train_on_prompt)
     cache = Path(cache_dir).expanduser() / "tokenized" / f"{fingerprint}.arrow" if cache_dir else None
-    cached = cache is not None and cache.is_file()
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
+    cached = cache is not None and usable_cache(cache)
     encoded = raw.map(encode, batched=True, with_indices=True, remove_columns=raw.column_names,
                       new_fingerprint=fingerprint, cache_file_name=str(cache) if cache else None,
                       desc=f"Tokenizing {split}")
+    if cache is not None and not cached:
+        seal_cache(cache)
     if len(encoded) == 0:
         raise DataError(f"none of the {len(records)} {split} records keeps an assistant token within "
                         f"data.max_seq_length={max_seq_length}. Raise data.max_seq_length or shorten the prompts.")

@@ -2,7 +2,7 @@
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, List
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from llmft.sweeps.table import collect_runs, write_comparison
 
 log = logging.getLogger(__name__)
+FAILED_JOBS: List[str] = []  # the failed jobs of the sweeps this process ran: llmft-train then exits non-zero
 
 
 class SweepSummary(Callback):
@@ -23,4 +24,5 @@ class SweepSummary(Callback):
             return
         paths = write_comparison(rows, sweep_dir)
         done = sum(r["status"] == "completed" for r in rows)
+        FAILED_JOBS.extend(r["job"] for r in rows if r["status"] == "failed")
         log.info("Sweep: %d of %d jobs completed. Comparison: %s", done, len(rows), ", ".join(str(p) for p in paths))

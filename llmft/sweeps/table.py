@@ -25,13 +25,26 @@ def run_folders(paths: Iterable[str]) -> List[Path]:
     return found
 
 
+def _summary(folder: Path) -> Dict:
+    """The run's summary.json, or what can be said without one (killed, or damaged)."""
+    try:
+        return json.loads((folder / "summary.json").read_text())
+    except FileNotFoundError:
+        steps = sorted((folder / "checkpoints").glob("step-*"))
+        if steps:
+            return {"status": "interrupted", "error": f"killed without a summary; its last checkpoint is "
+                                                      f"{steps[-1].name} (llmft-train resume={folder})"}
+        return {"status": "failed", "error": "no summary.json: the job stopped before its run began"}
+    except ValueError:
+        return {"status": "failed", "error": "summary.json is damaged (not valid JSON)"}
+
+
 def collect_runs(paths: Iterable[str]) -> List[Dict]:
     """One row per run folder: its overrides, status and figures (a run that died early: status ``failed``)."""
     rows = []
     for folder in run_folders(paths):
-        summary_file, overrides_file = folder / "summary.json", folder / ".hydra" / "overrides.yaml"
-        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else \
-            {"status": "failed", "error": "no summary.json: the job stopped before its run began"}
+        overrides_file = folder / ".hydra" / "overrides.yaml"
+        summary = _summary(folder)
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
         row = {key: summary.get(key) for key in COLUMNS}
         row.update(job=str(folder), overrides=" ".join(overrides or []), params=_params(overrides or []),
