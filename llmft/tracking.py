@@ -93,8 +93,9 @@ class WandbLogger:
                      "offline-run-*`", out, out)
             _said_offline = True
         self.wandb = wandb
+        shown = [o[:64] for o in shown_overrides(overrides)]
         self.run = wandb.init(project=project, entity=entity, group=group or sweep_group(out), job_type=job_type,
-                              name=run_name(overrides, out), tags=[*tags, *[o[:64] for o in shown_overrides(overrides)]][:20],
+                              name=run_name(overrides, out), tags=[*tags, *shown][:20],
                               config=flat_config(run_config) if run_config is not None else {}, dir=str(out),
                               mode=mode, reinit="create_new", settings=wandb.Settings(console="off", silent=True))
 

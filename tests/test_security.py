@@ -132,7 +132,8 @@ ATTACKS = {
     "dynamic module": lambda m, p, e: ["+eval.pwn._target_=transformers.dynamic_module_utils."
                                        "get_class_from_dynamic_module", "+eval.pwn.class_reference="
                                        "configuration_evil.EvilConfig", f"+eval.pwn.pretrained_model_name_or_path={e}"],
-    "os.system via llmft": lambda m, p, e: ["+eval.pwn._target_=llmft.train.os.system", f"+eval.pwn._args_=[touch {m}]"],
+    "os.system via llmft": lambda m, p, e: ["+eval.pwn._target_=llmft.train.os.system",
+                                            f"+eval.pwn._args_=[touch {m}]"],
     "hydra callback": lambda m, p, e: ["+hydra.callbacks.pwn._target_=torch.load", f"+hydra.callbacks.pwn.f={p}",
                                        "+hydra.callbacks.pwn.weights_only=false"],
     "hydra callback os.system": lambda m, p, e: ["+hydra.callbacks.x._target_=os.system"],
@@ -246,8 +247,9 @@ def test_a_poisoned_run_folder_is_refused_by_eval_and_export(finished, poisoned,
 def test_poisoned_saved_overrides_are_refused_when_llmft_eval_recomposes_them(finished, tmp_path, marker):
     folder = tmp_path / "handed-to-you"
     shutil.copytree(finished, folder)
-    OmegaConf.save(OmegaConf.create([*TINY_NO_EVAL, "+data_format.pwn._target_=llmft.train.os.system",
-                                     f"+data_format.pwn._args_=[touch {marker}]"]), folder / ".hydra" / "overrides.yaml")
+    saved = [*TINY_NO_EVAL, "+data_format.pwn._target_=llmft.train.os.system",
+             f"+data_format.pwn._args_=[touch {marker}]"]
+    OmegaConf.save(OmegaConf.create(saved), folder / ".hydra" / "overrides.yaml")
     code, output = cli("llmft.reevaluate", folder, "eval=perplexity")
     refused(code, output, "data_format.pwn._target_=llmft.train.os.system is not allowed")
     assert not marker.exists()
@@ -261,3 +263,13 @@ def test_no_torch_load_without_weights_only_and_no_pickle_in_llmft():
         for call in re.findall(r"torch\.load\([^)]*\)", text):
             assert "weights_only=True" in call, (path, call)
         assert not re.search(r"\bpickle\.loads?\(|\bdill\.|\bjoblib\.load\(", text), path
+
+
+def test_wandb_names_and_tags_leave_out_secrets_given_through_the_python_api(monkeypatch, tmp_path):
+    from llmft.tracking import run_name, shown_overrides
+
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef0123")
+    overrides = ["lora.r=8", "+data.api_key=k-123", "data.val_path=/x/0123456789abcdef0123",
+                 "eval.prompts.max_new_tokens=4"]
+    assert shown_overrides(overrides) == ["lora.r=8", "data.val_path=/x/<redacted>", "eval.prompts.max_new_tokens=4"]
+    assert "k-123" not in run_name(overrides, tmp_path) and "0123456789abcdef0123" not in run_name(overrides, tmp_path)

@@ -2,7 +2,8 @@
 
 Hydra and the typed schema already reject unknown keys and values of the wrong type. Here: the ranges and
 choices declared in ``llmft.config.schema``, that every callable named is on the allow-list
-(``llmft.config.targets``), and that each ``_target_``'s keys bind to its signature. Every failure is a ``ConfigError`` whose message names the key and what is allowed.
+(``llmft.config.targets``), and that each ``_target_``'s keys bind to its signature. Every failure is a
+``ConfigError`` whose message names the key and what is allowed.
 """
 
 import dataclasses
