@@ -138,6 +138,8 @@ ATTACKS = {
                                        "+hydra.callbacks.pwn.weights_only=false"],
     "hydra callback os.system": lambda m, p, e: ["+hydra.callbacks.x._target_=os.system"],
     "hydra callback as a dict": lambda m, p, e: [f"+hydra.callbacks.pwn={{_target_: os.system, _args_: [touch {m}]}}"],
+    "hydra callback beside an override compose cannot apply": lambda m, p, e: [
+        f"+hydra.callbacks.pwn={{_target_: torch.load, f: '{p}', weights_only: false}}", "hydra.no_such_key=1"],
     "hydra launcher": lambda m, p, e: ["hydra.launcher._target_=os.system"],
     "logging handler": lambda m, p, e: ["+hydra.job_logging.handlers.pwn.class=subprocess.Popen",
                                         f"+hydra.job_logging.handlers.pwn.args=touch {m}",

@@ -68,7 +68,7 @@ def check_overrides(overrides: List[str], config_dir: Path = CONFIG_DIR, config_
     """
     everything = [*overrides, *hydra_overrides]
     check_secret_overrides(everything)
-    check_override_callables(everything, sweep_choices(everything))
+    check_override_callables(everything)
     try:
         cfg = _compose_checked(overrides, hydra_overrides, config_dir, config_name)
     except MissingConfigException as exc:

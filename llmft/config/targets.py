@@ -11,8 +11,10 @@ separated). Nothing a config file or a run folder says can extend the list.
 
 import os
 from pathlib import Path
-from typing import FrozenSet, Iterator, List, Optional, Sequence, Tuple
+from typing import FrozenSet, Iterator, Optional, Sequence, Tuple
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from llmft.errors import ConfigError
@@ -122,24 +124,39 @@ def check_callables(cfg: DictConfig, source: Optional[str] = None) -> None:
 CALLABLE_KEYS = ("_target_", "class", "()", "custom_search_space")
 
 
-def check_override_callables(overrides: Sequence[str], choices: Sequence[Optional[List[str]]]) -> None:
-    """Check, as written, each override that sets a callable directly (``+eval.x._target_=torch.load``): this holds
-    even for a ``hydra.*`` override that cannot be composed outside Hydra.
-
-    Args:
-        overrides: the command line's overrides.
-        choices: for each, its single overrides (``precheck.sweep_choices``), or None for a search space.
+def check_override_callables(overrides: Sequence[str]) -> None:
+    """Check, as written, each callable an override sets (``+eval.x._target_=torch.load``, or a dict value such as
+    ``+hydra.callbacks.x={_target_: ...}``), every value of a sweep included: this holds even for a ``hydra.*``
+    override that cannot be composed outside Hydra.
 
     Raises:
         ConfigError: an override names a callable that is not allowed.
     """
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException:
+        return  # composing them fails with the parser's message, and Hydra would refuse them too
     allowed = _allowed()
-    for override, single in zip(overrides, choices):
-        key, _, value = override.partition("=")
-        if key.lstrip("+~").rsplit(".", 1)[-1] in CALLABLE_KEYS:
-            for name in [c.partition("=")[2] for c in single] if single else [value]:
-                if name.strip("'\"") not in allowed:
-                    raise ConfigError(_refusal(key.lstrip("+~"), name, None))
+    for override, text in zip(parsed, overrides):
+        key = override.get_key_element().lstrip("+~")
+        try:
+            values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+        except Exception:  # interval() or tag(): a search space, judged as written
+            values = [text.partition("=")[2]]
+        for path, name in (pair for value in values for pair in _callables_in(key, value)):
+            if name not in allowed:
+                raise ConfigError(_refusal(path, name, None))
+
+
+def _callables_in(key: str, value) -> Iterator[Tuple[str, str]]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _callables_in(f"{key}.{k}", v)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _callables_in(f"{key}[{i}]", v)
+    elif key.rsplit(".", 1)[-1] in CALLABLE_KEYS:
+        yield key, str(value)
 
 
 def _allowed() -> FrozenSet[str]:
