@@ -8,6 +8,7 @@ from typing import Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from llmft.config.precheck import CONFIG_DIR, check_overrides
+from llmft.config.targets import check_saved_config
 from llmft.errors import LlmftError
 
 
@@ -37,6 +38,7 @@ def open_run(folder: str, overrides: Sequence[str] = ()) -> FinishedRun:
 
     Raises:
         RunFolderError: not a run folder, a run that did not complete, or no adapter.
+        ConfigError: the saved config names a callable that is not allowed, or turns on trust_remote_code.
     """
     path = Path(folder).expanduser()
     if not (path / ".hydra" / "config.yaml").is_file():
@@ -51,6 +53,7 @@ def open_run(folder: str, overrides: Sequence[str] = ()) -> FinishedRun:
         raise RunFolderError(f"{folder}/adapter has no adapter_config.json: the adapter is missing or incomplete. "
                              "Train the run again.")
     cfg = OmegaConf.load(path / ".hydra" / "config.yaml")
+    check_saved_config(cfg, path, overrides)  # a run folder is data: nothing in it may choose code to run
     if overrides:
         saved = OmegaConf.load(path / ".hydra" / "overrides.yaml") if (path / ".hydra" / "overrides.yaml").is_file() \
             else []

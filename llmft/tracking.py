@@ -8,21 +8,20 @@ stay in the run folder, syncable later with ``wandb sync``. It never prompts and
 import logging
 import netrc
 import os
-import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from llmft.config.secrets import holds_secret, is_secret_key, redact, secret_values
+
 log = logging.getLogger(__name__)
-SECRET_KEYS = re.compile(r"(api_?key|token|secret|password)", re.IGNORECASE)
-SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 _said_offline = False
 
 
 def flat_config(cfg: DictConfig) -> Dict[str, Any]:
     """The resolved config as ``{"lora.r": 16, ...}``, with secret-looking keys and secret values redacted."""
-    secrets = {os.environ[k] for k in SECRET_ENV if os.environ.get(k)}
+    secrets = secret_values()
     flat: Dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -31,7 +30,7 @@ def flat_config(cfg: DictConfig) -> Dict[str, Any]:
                 walk(value, f"{prefix}{key}.")
         else:
             key = prefix[:-1]
-            hidden = SECRET_KEYS.search(key) or (isinstance(node, str) and any(s in node for s in secrets))
+            hidden = is_secret_key(key) or (isinstance(node, str) and holds_secret(node, secrets))
             flat[key] = "<redacted>" if hidden else node
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
@@ -48,9 +47,15 @@ def has_credentials() -> bool:
         return False
 
 
+def shown_overrides(overrides: Sequence[str]) -> list:
+    """The overrides fit to show in W&B: secret ones dropped (llmft-train refuses them; ``run`` called from
+    Python does not), secret values redacted."""
+    return [redact(o) for o in overrides if not is_secret_key(o.split("=", 1)[0])]
+
+
 def run_name(overrides: Sequence[str], output_dir: Path) -> str:
     """A readable name from the overrides (``lora.r=8 data.max_seq_length=256``), else the run folder's name."""
-    shown = [o for o in overrides if not o.startswith(("paths.", "hydra.", "logger"))]
+    shown = [o for o in shown_overrides(overrides) if not o.startswith(("paths.", "hydra.", "logger"))]
     return " ".join(shown)[:128] or output_dir.name
 
 
@@ -88,8 +93,9 @@ class WandbLogger:
                      "offline-run-*`", out, out)
             _said_offline = True
         self.wandb = wandb
+        shown = [o[:64] for o in shown_overrides(overrides)]
         self.run = wandb.init(project=project, entity=entity, group=group or sweep_group(out), job_type=job_type,
-                              name=run_name(overrides, out), tags=[*tags, *[o[:64] for o in overrides]][:20],
+                              name=run_name(overrides, out), tags=[*tags, *shown][:20],
                               config=flat_config(run_config) if run_config is not None else {}, dir=str(out),
                               mode=mode, reinit="create_new", settings=wandb.Settings(console="off", silent=True))
 

@@ -1,8 +1,10 @@
 """Fail fast and clearly on a bad command line, before Hydra runs anything.
 
 The overrides are composed with Hydra's compose API (each value of a sweep in turn) and the composed config is
-validated. Hydra's and OmegaConf's exceptions are translated into one paragraph that names the key, the value
-and what is allowed; anything not foreseen here is left for Hydra to report.
+validated, Hydra's own node included: Hydra calls its launcher, sweeper and callbacks before llmft runs, so their
+callables are checked here (``llmft.config.targets``), as are secrets on the command line
+(``llmft.config.secrets``). Hydra's and OmegaConf's exceptions are translated into one paragraph that names the
+key, the value and what is allowed; anything not foreseen here is left for Hydra to report.
 """
 
 import ast
@@ -15,10 +17,12 @@ from typing import List, NoReturn, Optional, Sequence
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from llmft.config import schema  # noqa: F401  (registers train_schema)
+from llmft.config.secrets import check_secret_overrides
+from llmft.config.targets import check_callables, check_override_callables
 from llmft.config.validate import validate
 from llmft.errors import ConfigError
 
@@ -36,26 +40,37 @@ def fail(message: str, code: int = 2, program: str = "llmft-train") -> NoReturn:
 
 def precheck(argv: Sequence[str]) -> None:
     """Compose and validate the run(s) that ``argv`` asks for; exit with a clear message if one is invalid."""
-    if any(a.split("=")[0] in FLAGS_WITHOUT_RUN for a in argv):
-        return
-    config_dir, config_name, overrides = _split_argv(argv)
-    if config_dir is None:
-        return
     try:
+        check_secret_overrides([a for a in argv if not a.startswith("-")])
+        if any(a.split("=")[0] in FLAGS_WITHOUT_RUN for a in argv):
+            return
+        config_dir, config_name, overrides, hydra_overrides = _split_argv(argv)
+        if config_dir is None:
+            return
         for variant in _variants(overrides):
-            check_overrides(variant, config_dir, config_name)
+            check_overrides(variant, config_dir, config_name, hydra_overrides)
     except ConfigError as exc:
         fail(str(exc))
 
 
-def check_overrides(overrides: List[str], config_dir: Path = CONFIG_DIR, config_name: str = "train") -> DictConfig:
-    """Compose ``overrides``, validate the result and return it (resolved).
+def check_overrides(overrides: List[str], config_dir: Path = CONFIG_DIR, config_name: str = "train",
+                    hydra_overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``overrides``, validate the result and return it (resolved, without Hydra's node).
+
+    Args:
+        overrides: the run's overrides (one value each: no sweep).
+        config_dir: the primary config folder.
+        config_name: the primary config.
+        hydra_overrides: ``hydra.*`` and ``hydra/...`` overrides: only the callables they name are checked.
 
     Raises:
         ConfigError: a one-paragraph explanation of what is wrong and what is allowed.
     """
+    everything = [*overrides, *hydra_overrides]
+    check_secret_overrides(everything)
+    check_override_callables(everything)
     try:
-        cfg = _compose(overrides, config_dir, config_name)
+        cfg = _compose_checked(overrides, hydra_overrides, config_dir, config_name)
     except MissingConfigException as exc:
         raise ConfigError(_missing_option(exc, overrides, config_dir)) from None
     except ConfigCompositionException as exc:
@@ -67,31 +82,56 @@ def check_overrides(overrides: List[str], config_dir: Path = CONFIG_DIR, config_
     return cfg
 
 
-def _compose(overrides: List[str], config_dir: Path, config_name: str):
+def _compose(overrides: List[str], config_dir: Path, config_name: str, with_hydra: bool = False):
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides)
+        return compose(config_name=config_name, overrides=overrides, return_hydra_config=with_hydra)
+
+
+def _compose_checked(overrides: List[str], hydra_overrides: Sequence[str], config_dir: Path, config_name: str):
+    """Compose with Hydra's node, check the callables Hydra itself calls, and return the config without it."""
+    try:
+        cfg = _compose([*overrides, *hydra_overrides], config_dir, config_name, with_hydra=True)
+    except (ConfigCompositionException, OverrideParseException):
+        if not hydra_overrides:
+            raise
+        # a hydra override that compose cannot apply (Hydra itself judges it); its callables were checked as text
+        cfg = _compose(overrides, config_dir, config_name, with_hydra=True)
+    check_callables(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
 
 def _split_argv(argv: Sequence[str]):
-    """Return (config dir, config name, overrides); config dir None when the arguments are not a plain run."""
-    config_dir, config_name, overrides = CONFIG_DIR, "train", []
+    """Return (config dir, config name, overrides, hydra overrides); config dir None when the arguments are not a
+    plain run (Hydra refuses flags it does not know).
+
+    Raises:
+        ConfigError: ``--experimental-rerun``, which unpickles a file (code execution).
+    """
+    config_dir, config_name, overrides, hydra_overrides = CONFIG_DIR, "train", [], []
     args = iter(argv)
     for arg in args:
-        if arg in ("-m", "--multirun"):
+        flag, _, value = arg.partition("=")
+        if arg in ("-m", "--multirun", "-r", "--run"):
             continue
-        if arg in ("-cd", "--config-dir"):
-            config_dir = Path(next(args, "")).resolve()
-        elif arg.startswith("--config-dir="):
-            config_dir = Path(arg.split("=", 1)[1]).resolve()
-        elif arg in ("-cn", "--config-name"):
-            config_name = next(args, "train")
-        elif arg.startswith("--config-name="):
-            config_name = arg.split("=", 1)[1]
+        if flag in ("-cd", "--config-dir", "-cp", "--config-path"):
+            # Hydra reads a relative --config-path from the folder of llmft/train.py
+            base = Path.cwd() if flag in ("-cd", "--config-dir") else PACKAGE_DIR
+            config_dir = (base / (value or next(args, ""))).resolve()
+        elif flag in ("-cn", "--config-name"):
+            config_name = value or next(args, "train")
+        elif flag == "--experimental-rerun":
+            raise ConfigError("--experimental-rerun is refused: it unpickles the file it is given, and a pickle runs "
+                              "any code it holds. Run again with the run's overrides instead (RUN/.hydra/"
+                              "overrides.yaml).")
         elif arg.startswith("-"):
-            return None, config_name, []
-        elif not arg.lstrip("+~").startswith("hydra"):
+            return None, config_name, [], []
+        elif arg.lstrip("+~").startswith("hydra"):
+            hydra_overrides.append(arg)
+        else:
             overrides.append(arg)
-    return config_dir, config_name, overrides
+    return config_dir, config_name, overrides, hydra_overrides
 
 
 def sweep_choices(overrides: Sequence[str]) -> List[Optional[List[str]]]:

@@ -1,22 +1,23 @@
 """Checks on a composed configuration that run before any weight or record is loaded.
 
 Hydra and the typed schema already reject unknown keys and values of the wrong type. Here: the ranges and
-choices declared in ``llmft.config.schema``, the allowed ``_target_`` prefixes, and that each ``_target_``'s keys
-bind to its signature. Every failure is a ``ConfigError`` whose message names the key and what is allowed.
+choices declared in ``llmft.config.schema``, that every callable named is on the allow-list
+(``llmft.config.targets``), and that each ``_target_``'s keys bind to its signature. Every failure is a
+``ConfigError`` whose message names the key and what is allowed.
 """
 
 import dataclasses
 import difflib
 import inspect
-from typing import Any, Iterator, Tuple
+from typing import Any
 
 from hydra.utils import get_object
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from llmft.config.schema import TrainConf
+from llmft.config.targets import check_callables, iter_targets
 from llmft.errors import ConfigError
 
-ALLOWED_TARGET_PREFIXES = ("llmft.", "peft.", "transformers.", "torch.", "bitsandbytes.")
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
@@ -26,15 +27,15 @@ def validate(cfg: DictConfig, bind_targets: bool = True) -> None:
     Args:
         cfg: the composed run configuration (``conf/train.yaml`` and its groups).
         bind_targets: also import each ``_target_`` and bind its keys to its signature (seconds: it imports
-            torch, transformers and peft); without it only the prefixes are checked.
+            torch, transformers and peft); without it only the allow-list is checked.
 
     Raises:
         ConfigError: with a message that names the key, the value and what is allowed.
     """
     _check_limits(cfg, TrainConf, "")
-    for path, node in iter_targets(cfg):
-        check_prefix(path, node._target_)
-        if bind_targets:
+    check_callables(cfg)
+    if bind_targets:
+        for path, node in iter_targets(cfg):
             check_target(path, node)
 
 
@@ -62,25 +63,6 @@ def _check_value(key: str, value: Any, meta: dict) -> None:
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"{key}={value} is not allowed: choose one of {', '.join(map(str, meta['choices']))} "
                           f"({meta.get('help', '')}).")
-
-
-def iter_targets(node: Any, path: str = "") -> Iterator[Tuple[str, DictConfig]]:
-    """Yield ``(dotted path, node)`` for every node of ``node`` that has a ``_target_``."""
-    if isinstance(node, DictConfig):
-        if "_target_" in node:
-            yield path, node
-        for key in node:
-            yield from iter_targets(node._get_node(key), f"{path}.{key}" if path else str(key))
-    elif isinstance(node, ListConfig) and not node._is_none():
-        for i, item in enumerate(node):
-            yield from iter_targets(item, f"{path}[{i}]")
-
-
-def check_prefix(path: str, target: str) -> None:
-    """Check that ``target`` starts with an allowed prefix, so that a config file cannot run arbitrary code."""
-    if not str(target).startswith(ALLOWED_TARGET_PREFIXES):
-        raise ConfigError(f"{path or 'the config'}._target_={target} is not allowed: targets must start with one of "
-                          f"{', '.join(ALLOWED_TARGET_PREFIXES)} so that a config file cannot run arbitrary code.")
 
 
 def check_target(path: str, node: DictConfig) -> None:

@@ -31,8 +31,9 @@ def load_tokenizer(model: DictConfig, cache_dir: Optional[str] = None) -> Tuple[
     from llmft.models.hub import find_source
 
     name, own = model.get("name_or_path"), model.get("tokenizer")
+    remote = bool(model.get("trust_remote_code", False))  # the model's own code runs only when its config says so
     if own:
-        return AutoTokenizer.from_pretrained(own), own
+        return AutoTokenizer.from_pretrained(own, trust_remote_code=remote), own
     if model._target_ in TINY_TARGETS:
         from llmft.models.tiny import byte_level_tokenizer
 
@@ -42,10 +43,10 @@ def load_tokenizer(model: DictConfig, cache_dir: Optional[str] = None) -> Tuple[
     gguf = model.get("gguf")
     source = find_source(str(name), model.get("revision"), gguf, cache_dir)  # where the weights would come from
     if source is not None:
-        return AutoTokenizer.from_pretrained(source, revision=model.get("revision")), source
+        return AutoTokenizer.from_pretrained(source, revision=model.get("revision"), trust_remote_code=remote), source
     if gguf:
         path = locate_gguf(gguf["package"], gguf["file"])
-        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name), str(path)
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=remote), str(path)
     raise ModelLoadError(f"the tokenizer of {name} is not in a local folder or the Hugging Face cache, and the hub "
                          f"cannot be reached. Download it elsewhere (huggingface-cli download {name} --local-dir "
                          "DIR), copy DIR here and pass model.name_or_path=DIR, or pick model=tiny.")

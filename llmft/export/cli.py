@@ -1,4 +1,4 @@
-"""``llmft-export RUN_DIR [--merge] [--out DIR] [--force] [--dtype D] [--tolerance X]``."""
+"""``llmft-export RUN_DIR [--merge] [--out DIR] [--force] [--dtype D] [--tolerance X] [--trust-remote-code]``."""
 
 import argparse
 import json
@@ -19,10 +19,13 @@ def main(argv=None) -> None:
     parser.add_argument("--force", action="store_true", help="replace an existing export")
     parser.add_argument("--dtype", default="float32", choices=list(TOLERANCE), help="merged weights' dtype")
     parser.add_argument("--tolerance", type=float, help="max |logit difference| accepted (default per dtype)")
+    parser.add_argument("--trust-remote-code", action="store_true", help="accept a run whose model runs its own "
+                        "Python code (model.trust_remote_code); a run folder alone cannot turn it on")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     try:
-        out = export_run(args.run_dir, args.out, args.merge, args.force, args.dtype, args.tolerance)
+        out = export_run(args.run_dir, args.out, args.merge, args.force, args.dtype, args.tolerance,
+                         args.trust_remote_code)
     except LlmftError as exc:
         fail(str(exc), code=2, program="llmft-export")
     report = json.loads((out / "export_report.json").read_text())

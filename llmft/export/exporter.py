@@ -27,7 +27,7 @@ class ExportError(LlmftError):
 
 
 def export_run(folder: str, out: Optional[str] = None, merge: bool = False, force: bool = False,
-               dtype: str = "float32", tolerance: Optional[float] = None) -> Path:
+               dtype: str = "float32", tolerance: Optional[float] = None, trust_remote_code: bool = False) -> Path:
     """Export the run in ``folder`` to ``out`` (default ``RUN/export``); returns ``out``.
 
     Args:
@@ -37,11 +37,12 @@ def export_run(folder: str, out: Optional[str] = None, merge: bool = False, forc
         force: replace an existing export.
         dtype: ``float32``, ``bfloat16`` or ``float16`` for the merged weights.
         tolerance: the largest max-abs logit difference accepted between the merged model and base + adapter.
+        trust_remote_code: accept a run whose saved config sets ``model.trust_remote_code`` (its model's own code).
 
     Raises:
         ExportError: the export exists, or the merged model's logits differ beyond ``tolerance``.
     """
-    run = open_run(folder)
+    run = open_run(folder, ["model.trust_remote_code=true"] if trust_remote_code else ())
     target = Path(out).expanduser() if out else run.folder / "export"
     if target.exists() and not force:
         raise ExportError(f"{target} already exists (an earlier export). Pass --force to replace it, or --out DIR "
@@ -82,7 +83,8 @@ def _merge(run: FinishedRun, staging: Path, dtype: str, tolerance: float) -> dic
     merged = model.merge_and_unload()
     merged.to(getattr(torch, dtype)).save_pretrained(staging / "merged")
     loaded.tokenizer.save_pretrained(staging / "merged")
-    reloaded = AutoModelForCausalLM.from_pretrained(staging / "merged", dtype=torch.float32)
+    reloaded = AutoModelForCausalLM.from_pretrained(staging / "merged", dtype=torch.float32,
+                                                    trust_remote_code=bool(run.cfg.model.get("trust_remote_code")))
     difference = max_logit_difference(reference, _logits(reloaded, batch), batch["attention_mask"])
     figures = {"merged": "merged", "merged_dtype": dtype, "probe_tokens": int(batch["attention_mask"].sum()),
                "max_abs_logit_difference": difference, "tolerance": tolerance}

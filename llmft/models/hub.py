@@ -34,7 +34,7 @@ def hub_reachable(timeout_s: float = 2.0) -> bool:
 
 def _in_hf_cache(name: str, revision: Optional[str]) -> bool:
     try:
-        AutoConfig.from_pretrained(name, revision=revision, local_files_only=True)
+        AutoConfig.from_pretrained(name, revision=revision, local_files_only=True, trust_remote_code=False)
         return True
     except (OSError, ValueError):
         return False

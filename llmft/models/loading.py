@@ -62,11 +62,23 @@ def load_pretrained(
     """
     source = resolve_source(name_or_path, revision, gguf, cache_dir)
     if arch:
-        check_arch(AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code),
-                   arch, name_or_path)
+        try:
+            config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+        except ValueError as exc:
+            raise refused_remote_code(exc, name_or_path) from None
+        check_arch(config, arch, name_or_path)
     return load_from(source, name=name_or_path, quantization_config=quantization_config, dtype=dtype,
                      device=device, revision=revision, trust_remote_code=trust_remote_code,
                      attn_implementation=attn_implementation, tokenizer=tokenizer)
+
+
+def refused_remote_code(exc: ValueError, name: str) -> Exception:
+    """transformers' refusal of a model that ships its own code, as a ``ModelLoadError``; other errors as they are."""
+    if "trust_remote_code" not in str(exc):
+        return exc
+    return ModelLoadError(f"{name} ships its own Python code (auto_map in its config), which would run when it "
+                          "loads; llmft does not run it unless you say so. If you trust that code, pass "
+                          "model.trust_remote_code=true; otherwise use a model that transformers supports natively.")
 
 
 def check_arch(config: Any, arch: Mapping[str, Any], name: str) -> None:
@@ -101,6 +113,8 @@ def load_from(source: str, *, name: str, quantization_config: Any, dtype: str, d
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as exc:
         raise ModelLoadError(f"could not load model {name} from {source}: {exc}") from None
+    except ValueError as exc:
+        raise refused_remote_code(exc, name) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.generation_config.pad_token_id = tok.pad_token_id

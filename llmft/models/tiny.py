@@ -62,7 +62,7 @@ def build_tiny(
     Returns:
         The loaded model and tokenizer.
     """
-    tok = AutoTokenizer.from_pretrained(tokenizer) if tokenizer else byte_level_tokenizer()
+    tok = AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=False) if tokenizer else byte_level_tokenizer()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     spec = json.dumps({"arch": dict(arch), "tokenizer": tokenizer, "seed": init_seed}, sort_keys=True, default=str)
