@@ -1,6 +1,5 @@
 """A finished run folder, opened again: its saved config (plus any new overrides), summary and adapter."""
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -10,6 +9,8 @@ from omegaconf import DictConfig, OmegaConf
 from llmft.config.precheck import CONFIG_DIR, check_overrides
 from llmft.config.targets import check_saved_config
 from llmft.errors import LlmftError
+from llmft.files import MANIFEST, read_json, verify_manifest
+from llmft.run_folder import CONFIG
 
 
 class RunFolderError(LlmftError):
@@ -32,19 +33,20 @@ class FinishedRun:
 def open_run(folder: str, overrides: Sequence[str] = ()) -> FinishedRun:
     """Open a completed run folder; ``overrides`` replace the saved config's nodes they touch.
 
-    The saved ``.hydra/config.yaml`` is the default. An override such as ``eval=metrics`` or
+    The run's effective ``config.yaml`` (``.hydra/config.yaml`` for runs older than it) is the default. An override such as ``eval=metrics`` or
     ``eval.prompts.file=x.json`` is composed (with the run's own overrides, less those of a group chosen anew)
     and its top-level node replaces the saved one, so everything else stays as the run had it.
 
     Raises:
-        RunFolderError: not a run folder, a run that did not complete, or no adapter.
+        RunFolderError: not a run folder, a run that did not complete, or an adapter missing or failing its
+            checksums.
         ConfigError: the saved config names a callable that is not allowed, or turns on trust_remote_code.
     """
     path = Path(folder).expanduser()
     if not (path / ".hydra" / "config.yaml").is_file():
         raise RunFolderError(f"{folder} is not an llmft run folder (it has no .hydra/config.yaml). Pass a folder "
                              "that llmft-train wrote, such as outputs/DATE/TIME or multirun/DATE/TIME/N.")
-    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
+    summary = read_json(path / "summary.json", "run summary") if (path / "summary.json").is_file() else {}
     if summary.get("status") != "completed":
         reason = summary.get("error", "no summary.json: it stopped before the end")
         raise RunFolderError(f"{folder} is a run that did not complete (status {summary.get('status', 'unknown')}: "
@@ -52,8 +54,14 @@ def open_run(folder: str, overrides: Sequence[str] = ()) -> FinishedRun:
     if not (path / "adapter" / "adapter_config.json").is_file():
         raise RunFolderError(f"{folder}/adapter has no adapter_config.json: the adapter is missing or incomplete. "
                              "Train the run again.")
-    cfg = OmegaConf.load(path / ".hydra" / "config.yaml")
-    check_saved_config(cfg, path, overrides)  # a run folder is data: nothing in it may choose code to run
+    problem = verify_manifest(path / "adapter") if (path / "adapter" / MANIFEST).is_file() else None
+    if problem:
+        raise RunFolderError(f"{problem}: this run's adapter is not what training wrote. Use an intact copy of the "
+                             "run folder, or train it again.")
+    # the configuration the run really used (after hardware.auto_fit), else (older runs) Hydra's composed one
+    source = path / CONFIG if (path / CONFIG).is_file() else path / ".hydra" / "config.yaml"
+    cfg = OmegaConf.load(source)
+    check_saved_config(cfg, path, overrides, source=source)  # a run folder is data: nothing in it may choose code to run
     if overrides:
         saved = OmegaConf.load(path / ".hydra" / "overrides.yaml") if (path / ".hydra" / "overrides.yaml").is_file() \
             else []

@@ -217,3 +217,35 @@ def test_a_damaged_tokenization_cache_is_reported_rebuilt_and_never_trained_on(t
     second, _ = tokenize_records(records, tok, 128, cache_dir=str(tmp_path))
     assert "does not match its checksum" in caplog.text and str(cache) in caplog.text
     assert second["input_ids"] == expected
+
+
+def _tool(module, *args):
+    result = subprocess.run([sys.executable, "-c", f"from {module} import main; main()", *args],
+                            capture_output=True, text=True, timeout=600)
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_eval_and_export_refuse_an_interrupted_run_or_an_altered_adapter_naming_the_file(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    llmft(*RUN, "trainer.max_steps=2", f"hydra.run.dir={out}", cache_dir=cache_dir)
+    adapter = out / "adapter" / "adapter_model.safetensors"
+    data = bytearray(adapter.read_bytes())
+    data[-10] ^= 1
+    adapter.write_bytes(bytes(data))
+    for module in ("llmft.reevaluate", "llmft.export.cli"):
+        code, text = _tool(module, str(out))
+        assert code != 0 and f"{adapter} does not match its checksum" in text and "Traceback" not in text
+    summary = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+    code, text = _tool("llmft.reevaluate", str(out))
+    assert code != 0 and "did not complete (status interrupted" in text
+
+
+def test_resume_checks_the_saved_overrides_like_a_command_line(tmp_path, cache_dir):
+    out, marker = tmp_path / "run", tmp_path / "pwned"
+    llmft(*RUN, "trainer.max_steps=1", f"hydra.run.dir={out}", cache_dir=cache_dir)
+    (out / "summary.json").unlink()
+    overrides = out / ".hydra" / "overrides.yaml"
+    overrides.write_text(overrides.read_text() + f"- +eval.pwn._target_=pathlib.Path.touch\n- +eval.pwn.self={marker}\n")
+    refused = llmft(f"resume={out}", cache_dir=cache_dir, check=False)
+    assert refused.returncode == 2 and "pathlib.Path.touch" in refused.stderr and not marker.exists()

@@ -173,7 +173,7 @@ def _refusal(key: str, name: str, source: Optional[str]) -> str:
             f"{ENV_ALLOW}={name} (full names, comma separated); no config file or run folder can allow it.")
 
 
-def check_saved_config(cfg: DictConfig, folder, overrides: Sequence[str] = ()) -> None:
+def check_saved_config(cfg: DictConfig, folder, overrides: Sequence[str] = (), source=None) -> None:
     """Check a run folder's saved config before anything in it is instantiated (llmft-eval, -export, resume).
 
     The same allow-list as on the command line, extended only by ``LLMFT_ALLOW_TARGETS`` in the user's own
@@ -183,11 +183,12 @@ def check_saved_config(cfg: DictConfig, folder, overrides: Sequence[str] = ()) -
         cfg: the saved ``.hydra/config.yaml``, as loaded.
         folder: the run folder, for the message.
         overrides: the overrides the user gave to the command that opens the run.
+        source: the file ``cfg`` was read from (default: the folder's ``.hydra/config.yaml``).
 
     Raises:
         ConfigError: one paragraph naming the file, the key and what to do.
     """
-    source = str(Path(folder) / ".hydra" / "config.yaml")
+    source = str(source or Path(folder) / ".hydra" / "config.yaml")
     check_callables(cfg, source)
     remote = OmegaConf.select(cfg, "model.trust_remote_code", default=False)
     if remote and "model.trust_remote_code=true" not in [o.lstrip("+").lower() for o in overrides]:
