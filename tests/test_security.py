@@ -229,9 +229,10 @@ POISONS = {
 def poisoned(finished, tmp_path, request, marker, evil_model):
     folder = tmp_path / "handed-to-you"
     shutil.copytree(finished, folder)
-    cfg = OmegaConf.load(folder / ".hydra" / "config.yaml")
-    POISONS[request.param](cfg, marker, evil_model)
-    OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
+    for saved in (folder / "config.yaml", folder / ".hydra" / "config.yaml"):  # the effective one is read first
+        cfg = OmegaConf.load(saved)
+        POISONS[request.param](cfg, marker, evil_model)
+        OmegaConf.save(cfg, saved)
     return folder
 
 
@@ -240,7 +241,7 @@ def poisoned(finished, tmp_path, request, marker, evil_model):
 def test_a_poisoned_run_folder_is_refused_by_eval_and_export(finished, poisoned, command, marker):
     before = sorted(p.name for p in poisoned.iterdir())
     code, output = cli(command[0], poisoned, *command[1:])
-    refused(code, output, str(poisoned / ".hydra" / "config.yaml"))
+    refused(code, output, str(poisoned / "config.yaml"))
     assert ("trust_remote_code" in output) or (ENV_ALLOW in output and "run folder" in output)
     assert not marker.exists() and sorted(p.name for p in poisoned.iterdir()) == before
     assert open_run(str(finished)).cfg.trainer._target_ == "llmft.loop.TrainingLoop"  # the clean one opens
