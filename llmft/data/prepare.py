@@ -12,11 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-import numpy
-
 from llmft.data.convert import Collector, record_line
 from llmft.data.formats import auto
-from llmft.data.splits import data_files, display_name
+from llmft.data.splits import assign_splits, data_files, display_name, split_sizes
 from llmft.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -94,24 +92,9 @@ def expand_inputs(inputs: Sequence[str], out: Path) -> List[tuple]:
     return files
 
 
-def split_sizes(n: int, ratios: Sequence[float]) -> List[int]:
-    """Exact split sizes: each held-out split gets round(n * ratio), and at least 1 if its ratio is not 0 while
-    training keeps at least 1; training gets the rest."""
-    held = []
-    for ratio in ratios[1:]:
-        size = round(n * ratio)
-        held.append(size if size or not ratio or n - sum(held) <= 1 else 1)
-    return [n - sum(held), *held]
-
-
 def write_splits(spool: Path, out: Path, n: int, ratios: Sequence[float], seed: int) -> Dict[str, int]:
     """Assign each spooled record a split by a seeded permutation and write the split files in one pass."""
-    sizes = split_sizes(n, ratios)
-    order = numpy.random.RandomState(seed).permutation(n)  # RandomState: the same permutation in every numpy
-    assign = numpy.zeros(n, dtype=numpy.uint8)  # 0: train
-    assign[order[sizes[0]:sizes[0] + sizes[1]]], assign[order[sizes[0] + sizes[1]:]] = 1, 2
-    assign = assign.tobytes()
-    del order
+    sizes, assign = split_sizes(n, ratios), assign_splits(n, ratios, seed)
     endings = [f'"split":"{s}"}}}}\n'.encode() for s in SPLITS]
     targets = [open(out / f"{s}.jsonl", "wb") if size or s != "test" else None for s, size in zip(SPLITS, sizes)]
     try:

@@ -8,17 +8,21 @@ are dropped; ``data_report.json`` holds the counts, as ``llmft-prepare`` reports
 
 import json
 import logging
-import random
+import itertools
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy
+
 from llmft.data.convert import Collector
+from llmft.data.records import fold_system
 from llmft.data.sources import SHAPES
 from llmft.errors import DataError
 
 log = logging.getLogger(__name__)
+NO_VALIDATION = "none (data.val_ratio=0, or too few records to hold any out): validation figures are skipped"
 OUTPUTS = {"rejects.jsonl", "prepare_report.json", "data_report.json"}  # what llmft writes beside data
 
 
@@ -41,25 +45,27 @@ class Splits:
 
 def load_splits(data_format: Callable, path: str, val_path: Optional[str] = None, val_ratio: float = 0.1,
                 seed: int = 42, max_samples: Optional[int] = None, *, strict: bool = False,
-                report_dir: Optional[Path] = None) -> Splits:
+                report_dir: Optional[Path] = None, system_into_user: bool = False) -> Splits:
     """Read, convert and split the training and validation records.
 
     Args:
         data_format: the converter of ``conf/data_format`` (``auto`` detects each file's format).
         path: a data file, or a folder (``train.*`` and ``val.*`` files, or data files to pool and split).
         val_path: a validation file; overrides a folder's ``val.*``.
-        val_ratio: share held out for validation when there is no validation file.
+        val_ratio: share held out for validation when there is no validation file (0: none); a split as
+            ``llmft-prepare`` makes it, so a one-record file keeps its record for training.
         seed: seed of that split.
         max_samples: keep only the first N training records.
         strict: stop at the first record that cannot be used, instead of skipping it.
         report_dir: where ``rejects.jsonl`` and ``data_report.json`` go (the run folder); None: nowhere.
+        system_into_user: fold a system message into the first user turn.
 
     Returns:
         The splits, with the report.
 
     Raises:
-        DataError: a path does not exist, a file cannot be read, a record is bad in strict mode, or a split comes
-            out empty.
+        DataError: a path does not exist, a file cannot be read, a record is bad in strict mode, or no training
+            record is left.
     """
     train_files, val_files, root = locate(path, val_path)
     with ExitStack() as stack:
@@ -69,24 +75,45 @@ def load_splits(data_format: Callable, path: str, val_path: Optional[str] = None
         val = read_records(val_files, data_format, collector, root) if val_files else None
     if not train:
         raise DataError(f"{path} gives no usable training record.{collector.rejections()}")
-    if val is None:
-        random.Random(seed).shuffle(train)
-        cut = max(1, round(len(train) * val_ratio))
-        train, val = train[cut:], train[:cut]
+    if val is None:  # the records llmft-prepare --ratios 1-r r 0 --seed S puts in each split, in input order
+        assign = assign_splits(len(train), (1 - val_ratio, val_ratio, 0), seed)
+        train, val = [r for r, s in zip(train, assign) if s == 0], [r for r, s in zip(train, assign) if s == 1]
+    if system_into_user:
+        for record in itertools.chain(train, val):
+            record["messages"] = fold_system(record["messages"])
     unused = max(0, len(train) - max_samples) if max_samples else 0
     train = train[:max_samples] if max_samples else train
-    if not train or not val:
-        raise DataError(f"{path} gives {len(train)} training and {len(val)} validation records; both need at "
-                        f"least one. Add records, or lower data.val_ratio.{collector.rejections()}")
     for split, records in (("train", train), ("val", val)):
         for record in records:
             record["meta"]["split"] = split
     report = {**collector.report(), "splits": {"train": len(train), "val": len(val)}, "unused_max_samples": unused}
+    if not val:
+        report["validation"] = NO_VALIDATION
     if report_dir:
         (Path(report_dir) / "data_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n",
                                                           encoding="utf-8")
     _log_report(report, report_dir)
     return Splits(train=train, val=val, report=report)
+
+
+def split_sizes(n: int, ratios: Sequence[float]) -> List[int]:
+    """Exact split sizes: each held-out split gets round(n * ratio), and at least 1 if its ratio is not 0 while
+    training keeps at least 1; training gets the rest."""
+    held: List[int] = []
+    for ratio in ratios[1:]:
+        size = round(n * ratio)
+        held.append(size if size or not ratio or n - sum(held) <= 1 else 1)
+    return [n - sum(held), *held]
+
+
+def assign_splits(n: int, ratios: Sequence[float], seed: int) -> bytes:
+    """The split (0 train, 1 val, 2 test) of each of ``n`` records, by a seeded permutation: the same in
+    ``llmft-prepare`` and in training for the same seed and ratios."""
+    sizes = split_sizes(n, ratios)
+    order = numpy.random.RandomState(seed).permutation(n)  # RandomState: the same permutation in every numpy
+    assign = numpy.zeros(n, dtype=numpy.uint8)
+    assign[order[sizes[0]:sizes[0] + sizes[1]]], assign[order[sizes[0] + sizes[1]:]] = 1, 2
+    return assign.tobytes()
 
 
 def read_records(files: Sequence[Path], data_format: Callable, collector: Collector,
