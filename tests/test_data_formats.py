@@ -63,7 +63,8 @@ def test_sharegpt_names_an_unknown_speaker_and_how_to_map_it():
 
 
 def test_messages_keeps_role_and_content_only_and_joins_text_parts_with_a_newline():
-    row = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Look:"}, {"type": "text", "value": "a cat"}],
+    parts = [{"type": "text", "text": "Look:"}, {"type": "text", "value": "a cat"}]
+    row = {"messages": [{"role": "user", "content": parts,
                          "name": "ann"}, {"role": "assistant", "content": "A cat."}], "label": True}
     assert messages(row) == [{"role": "user", "content": "Look:\na cat"}, {"role": "assistant", "content": "A cat."}]
     with pytest.raises(Reject, match="message 1: no text under 'content'"):

@@ -250,15 +250,17 @@ def conversation_of(stored: bytes) -> Tuple[List[dict], Optional[List[dict]]]:
     return messages, tools
 
 
-def template_refusal(tokenizer: PreTrainedTokenizerBase, record_id: str, split: str, exc: Exception) -> str:
+def template_refusal(tokenizer: PreTrainedTokenizerBase, record_id: str, split: Optional[str],
+                     exc: Exception) -> str:
     """One paragraph on a record the chat template refuses or cannot render faithfully."""
+    record = f"record {record_id!r}" + (f" of the {split} split" if split else "")
     if isinstance(exc, RenderError):
-        return f"record {record_id!r} of the {split} split: {exc}"
+        return f"{record}: {exc}"
     text = str(exc)
     hint = ("fold the system turn into the first user turn with data.system_into_user=true, or drop it"
             if "system" in text.lower() else "fix the record, or use a model (or data.chat_template) whose template "
             "accepts its roles and their order")
-    return f"{template_name(tokenizer)} refuses record {record_id!r} of the {split} split: {text}. To go on, {hint}."
+    return f"{template_name(tokenizer)} refuses {record}: {text}. To go on, {hint}."
 
 
 def tokenization_fingerprint(records: Sequence[dict], tokenizer: PreTrainedTokenizerBase, max_seq_length: int,
