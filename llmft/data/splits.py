@@ -169,6 +169,8 @@ def _log_report(report: Dict[str, Any], report_dir: Optional[Path]) -> None:
         log.warning("%d records were rejected (%s); each one is in %s", total["rejected"],
                     ", ".join(f"{n} {r}" for r, n in list(report["rejected_by_reason"].items())[:3]),
                     Path(report_dir) / "rejects.jsonl")
+    if "validation" in report:
+        log.warning("Validation: %s", report["validation"])
     unused = report["unused_max_samples"]
     log.info("Data: %d train and %d validation records%s", splits["train"], splits["val"],
              f" ({unused} more left out by data.max_samples)" if unused else "")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import orjson
+import datasets
 from datasets import Dataset
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
@@ -222,7 +223,9 @@ def tokenize_records(records: List[dict], tokenizer: PreTrainedTokenizerBase, ma
         return out
 
     if not records:  # no validation split (data.val_ratio=0)
-        return Dataset.from_dict({"id": [], "record": [], "input_ids": [], "labels": []}), 0
+        ids = datasets.Sequence(datasets.Value("int64"))
+        return Dataset.from_dict({"id": [], "record": [], "input_ids": [], "labels": []}, features=datasets.Features(
+            {"id": datasets.Value("string"), "record": datasets.Value("int64"), "input_ids": ids, "labels": ids})), 0
     # as JSON: Arrow would give every message every key of every other (tool calls' arguments differ per record)
     raw = Dataset.from_list([{"id": r["id"], "conversation": orjson.dumps([r["messages"], r.get("tools")])}
                              for r in records])
