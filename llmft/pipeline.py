@@ -113,7 +113,7 @@ def read_splits(cfg: DictConfig, report_dir=None) -> Splits:
     """
     return load_splits(build(cfg.data_format), cfg.data.path, cfg.data.val_path, cfg.data.val_ratio, cfg.seed,
                        cfg.data.max_samples, strict=cfg.data.strict, report_dir=report_dir,
-                       system_into_user=cfg.data.system_into_user)
+                       system_into_user=cfg.data.system_into_user, sources=cfg.data.sources)
 
 
 def tokenize_split(cfg: DictConfig, tokenizer, records, split: str):

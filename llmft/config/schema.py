@@ -56,6 +56,8 @@ class DataConf:
     chat_template: Optional[str] = rule(None, "a template used in place of the tokenizer's own (chatml_tools: ChatML "
                                         "with tool calls, for Qwen2-style templates that drop them); null: its own",
                                         choices=[None, "chatml", "alpaca", "chatml_tools"])
+    sources: Optional[List[Any]] = rule(None, "a mixture read instead of path: [{path, data_format, format_args, "
+                                        "weight, max_records}, ...] (llmft.data.mixture)")
     system_into_user: bool = rule(False, "fold a system message into the first user turn (templates that refuse "
                                   "a system turn, such as Gemma's)")
 

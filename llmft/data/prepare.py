@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from llmft.data.convert import Collector, record_line
+from llmft.data.datasets_io import hub_id, is_saved_dataset
 from llmft.data.formats import auto
 from llmft.data.splits import assign_splits, data_files, display_name, split_sizes
 from llmft.errors import DataError
@@ -26,7 +27,7 @@ def prepare(inputs: Sequence[str], out_dir: str, data_format: Callable = auto, s
     """Convert, de-duplicate and split ``inputs`` into ``out_dir``; write and return the report.
 
     Args:
-        inputs: files, or folders whose data files (.jsonl, .json, .csv, .tsv, .txt) are all read.
+        inputs: files, or folders whose data files (.jsonl, .json, .csv, .tsv, .txt, .parquet) are all read.
         out_dir: where ``train.jsonl``, ``val.jsonl``, ``test.jsonl``, ``rejects.jsonl`` and
             ``prepare_report.json`` go.
         data_format: a converter of ``llmft.data.formats``; ``auto`` detects each file's format.
@@ -80,12 +81,17 @@ def expand_inputs(inputs: Sequence[str], out: Path) -> List[tuple]:
     files = []
     for name in inputs:
         path = Path(name).expanduser()
+        if hub_id(path) or is_saved_dataset(path):
+            files.append((path, name))
+            continue
         if not path.exists():
-            raise DataError(f"{name} does not exist. Pass data files (.jsonl, .json, .csv, .tsv, .txt) or folders.")
+            raise DataError(f"{name} does not exist. Pass data files (.jsonl, .json, .csv, .tsv, .txt, .parquet) or "
+                            "folders, save_to_disk folders or hub datasets (hf://org/name).")
         if path.is_dir():
             found = [f for f in data_files(path) if out.resolve() not in f.resolve().parents]
             if not found:
-                raise DataError(f"{name} is a folder with no data files (.jsonl, .json, .csv, .tsv, .txt).")
+                raise DataError(f"{name} is a folder with no data files (.jsonl, .json, .csv, .tsv, .txt, "
+                                ".parquet).")
             files += [(f, display_name(f, path.parent)) for f in found]
         else:
             files.append((path, name))
