@@ -71,6 +71,8 @@ def open_tokenizer(source: str, key: str = "the tokenizer", **kwargs: Any) -> Pr
         raise ModelLoadError(f"{key}={source}: no such folder. Point it at a folder with the tokenizer's files "
                              "(tokenizer.json or vocab.json + merges.txt or tokenizer.model, and tokenizer_config.json)"
                              ", or at a hub id that is in the Hugging Face cache.")
+    if looks_local and _needs_sentencepiece(folder):  # before transformers logs its tiktoken fallback
+        raise ModelLoadError(_local_failure(folder, key, None))
     try:
         return AutoTokenizer.from_pretrained(str(folder) if looks_local else source, **kwargs)
     except OSError as exc:
@@ -81,12 +83,18 @@ def open_tokenizer(source: str, key: str = "the tokenizer", **kwargs: Any) -> Pr
         raise ModelLoadError(_local_failure(folder, key, exc)) from None
 
 
-def _local_failure(folder: Path, key: str, exc: Exception) -> str:
-    sentencepiece_only = any(folder.glob("*.model")) and not (folder / "tokenizer.json").is_file()
-    if sentencepiece_only and importlib.util.find_spec("sentencepiece") is None:
+def _needs_sentencepiece(folder: Path) -> bool:
+    """A folder whose only vocabulary is a SentencePiece model, on a machine without the sentencepiece package."""
+    other = ("tokenizer.json", "vocab.json", "vocab.txt")
+    return (any(folder.glob("*.model")) and not any((folder / name).is_file() for name in other)
+            and not any(folder.glob("*.tiktoken")) and importlib.util.find_spec("sentencepiece") is None)
+
+
+def _local_failure(folder: Path, key: str, exc: Optional[Exception]) -> str:
+    if _needs_sentencepiece(folder):
         return (f"{key}={folder}: the folder holds only a SentencePiece model ({next(folder.glob('*.model')).name}, "
-                "no tokenizer.json), and reading it needs the sentencepiece package, which is not installed (the "
-                f"library's own message was: {_first_line(exc)}). Install it: pip install sentencepiece.")
+                "no tokenizer.json), and reading it needs the sentencepiece package, which is not installed. "
+                "Install it: pip install sentencepiece.")
     if (folder / "tokenizer.json").is_file():
         return (f"{key}={folder}: {folder / 'tokenizer.json'} cannot be read ({type(exc).__name__}: "
                 f"{_first_line(exc)}): the file is truncated or was written for another tokenizer layout. Copy it "
