@@ -159,9 +159,9 @@ def locate(path: str, val_path: Optional[str] = None) -> Tuple[List[Path], List[
     if hub_id(source) or is_saved_dataset(source):
         return [source], [] if val_path is None else [_val_file(val_path)], None
     if not source.exists():
-        raise DataError(f"data.path={path} does not exist. Point data.path at a data file (.jsonl, .json, .csv, "
-                        ".tsv, .txt, .parquet) or a folder of them, a save_to_disk folder, or a hub dataset "
-                        "(hf://org/name).")
+        raise DataError(f"data.path={path} does not exist. Point data.path at a JSONL file or another data file "
+                        "(.json, .csv, .tsv, .txt, .parquet), a folder of them, a save_to_disk folder, or a hub "
+                        "dataset (hf://org/name).")
     train, val, root = [source], [], None
     if source.is_dir():
         files, root = data_files(source), source
