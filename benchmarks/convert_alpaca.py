@@ -8,6 +8,8 @@ resident set, imports included) is its own; the clock starts after the imports:
 
 - ``llmft-prepare``: ``llmft.data.prepare`` (detect, convert, validate, de-duplicate, split 0.8/0.1/0.1, report,
   write train/val/test.jsonl).
+- ``prepare parquet``: the same on the same records as a parquet file (written by pyarrow before the clock starts;
+  read a batch at a time).
 - ``datasets``: ``datasets.load_dataset("json")`` + ``map`` to messages + ``train_test_split`` twice + ``to_json``
   (no validation, de-duplication or report), the usual Hugging Face recipe.
 - ``json loop``: a hand-written loop with the standard ``json`` module that converts and writes one file.
@@ -32,6 +34,10 @@ def run_llmft(source: Path, work: Path) -> tuple:
     start = time.perf_counter(), time.process_time()
     report = prepare([str(source)], str(work / "llmft"))  # data_format=auto, as llmft-prepare runs by default
     return report["total"]["written"], start
+
+
+def run_llmft_parquet(source: Path, work: Path) -> tuple:
+    return run_llmft(source.with_suffix(".parquet"), work)
 
 
 def run_datasets(source: Path, work: Path) -> tuple:
@@ -66,7 +72,8 @@ def run_json_loop(source: Path, work: Path) -> tuple:
     return count, start
 
 
-CONTENDERS = {"llmft-prepare": run_llmft, "datasets": run_datasets, "json loop": run_json_loop}
+CONTENDERS = {"llmft-prepare": run_llmft, "prepare parquet": run_llmft_parquet, "datasets": run_datasets,
+              "json loop": run_json_loop}
 
 
 def peak_rss_mb() -> float:
@@ -97,6 +104,11 @@ def main() -> None:
         source = Path(tmp) / "alpaca.jsonl"
         subprocess.run([sys.executable, "-m", "llmft.data.synth", "--format", "alpaca", "--count", str(args.records),
                         "--seed", "0", "--out", str(source)], check=True, capture_output=True)
+        if "prepare parquet" in (args.only or CONTENDERS):
+            import pyarrow.json
+            import pyarrow.parquet
+
+            pyarrow.parquet.write_table(pyarrow.json.read_json(source), source.with_suffix(".parquet"))
         print(f"{args.records:,} Alpaca records, {source.stat().st_size / 1e6:.0f} MB of JSONL; load average "
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         print(f"{'contender':<15}{'records':>11}{'wall s':>9}{'records/s':>12}{'CPU s':>8}{'records/CPU s':>15}"

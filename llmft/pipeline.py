@@ -136,7 +136,8 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
                                                    cfg.seed),
                       hardware=Hardware(hardware.device, hardware.precision, hardware.micro_batch_size,
                                         hardware.gradient_accumulation_steps),
-                      optimizer=build(hardware.optimizer), recorder=recorder, validate=validate_fn,
+                      optimizer=build(hardware.optimizer), recorder=recorder,
+                      validate=validate_fn if len(val_set) else None,
                       checkpoints=CheckpointStore(recorder.output_dir / "checkpoints", cfg.trainer.keep_checkpoints),
                       resume=resume, resume_command=resume_command)
     with precision():
@@ -205,13 +206,14 @@ def read_splits(cfg: DictConfig, report_dir=None) -> Splits:
     ``data_report.json``.
     """
     return load_splits(build(cfg.data_format), cfg.data.path, cfg.data.val_path, cfg.data.val_ratio, cfg.seed,
-                       cfg.data.max_samples, strict=cfg.data.strict, report_dir=report_dir)
+                       cfg.data.max_samples, strict=cfg.data.strict, report_dir=report_dir,
+                       system_into_user=cfg.data.system_into_user, sources=cfg.data.sources)
 
 
 def tokenize_split(cfg: DictConfig, tokenizer, records, split: str):
     """Tokenize one split as training does (cached under ``paths.cache_dir``); returns the dataset and the number
     of records dropped. A tokenizer without a chat template gets ``data.fallback_template``."""
-    use_chat_template(tokenizer, cfg.data.fallback_template)
+    use_chat_template(tokenizer, cfg.data.fallback_template, cfg.data.chat_template)
     return tokenize_records(records, tokenizer, max_seq_length=cfg.data.max_seq_length,
                             train_on_prompt=cfg.data.train_on_prompt, split=split, cache_dir=cfg.paths.cache_dir)
 

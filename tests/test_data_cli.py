@@ -140,13 +140,13 @@ def test_check_lists_invalid_records_and_exits_non_zero(tmp_path):
 
 
 @pytest.mark.parametrize("name,content,message", [
-    ("a.json", b'[{"id": "1"}]', r"a.json is not JSON Lines: llmft-check reads one conversation record per line, "
-                                r"as llmft-prepare writes them\. Convert the file first: llmft-prepare .*a.json "
-                                r"--out DIR"),
-    ("a.jsonl", b'[{"id": "1"}]', r"a.jsonl is not JSON Lines"),
+    ("a.json", b'[{"id": "1"}]', r"a.json: cannot tell the data format from the keys of its first record \(keys: "
+                                r"id\)"),  # a raw file is converted first, as llmft-prepare converts it
+    ("a.jsonl", b'[{"id": "1"}]', r"a.jsonl is a JSON array \(it starts with '\['\), but a .jsonl file holds one "
+                                 r"JSON object per line"),
     ("e.jsonl", b"", r"e.jsonl is empty"),
 ])
-def test_check_names_a_file_that_is_not_jsonl(tmp_path, name, content, message):
+def test_check_names_a_file_it_cannot_read(tmp_path, name, content, message):
     (tmp_path / name).write_bytes(content)
     assert_clean_error(cli("llmft-check", tmp_path / name, "model=tiny"), "llmft-check", message)
 

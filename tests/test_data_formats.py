@@ -62,11 +62,11 @@ def test_sharegpt_names_an_unknown_speaker_and_how_to_map_it():
         sharegpt({"conversations": [{"from": "human", "value": ""}]})
 
 
-def test_messages_keeps_role_and_content_only_and_joins_text_parts():
-    row = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Look: "}, {"type": "image"},
-                                                     {"type": "text", "text": "a cat"}], "name": "ann"},
-                        {"role": "assistant", "content": "A cat."}], "label": True}
-    assert messages(row) == [{"role": "user", "content": "Look: a cat"}, {"role": "assistant", "content": "A cat."}]
+def test_messages_keeps_role_and_content_only_and_joins_text_parts_with_a_newline():
+    parts = [{"type": "text", "text": "Look:"}, {"type": "text", "value": "a cat"}]
+    row = {"messages": [{"role": "user", "content": parts,
+                         "name": "ann"}, {"role": "assistant", "content": "A cat."}], "label": True}
+    assert messages(row) == [{"role": "user", "content": "Look:\na cat"}, {"role": "assistant", "content": "A cat."}]
     with pytest.raises(Reject, match="message 1: no text under 'content'"):
         messages({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None}]})
 
@@ -78,11 +78,18 @@ def test_text_is_one_assistant_message():
 
 @pytest.mark.parametrize("row,expected", [
     ({"messages": []}, messages), ({"id": 1, "conversations": []}, sharegpt),
-    ({"instruction": "", "input": "", "output": ""}, alpaca), ({"instruction": "", "response": ""}, csv),
-    ({"text": ""}, text), ("a paragraph", text),
+    ({"instruction": "", "input": "", "output": ""}, alpaca), ({"text": ""}, text), ("a paragraph", text),
 ])
 def test_auto_detects_the_format_from_the_keys(row, expected):
     assert detect(row, "f.json") is expected
+
+
+def test_instruction_response_is_csv_in_a_csv_file_and_alpaca_with_a_response_key_in_json():
+    row = {"instruction": "Q", "response": "A"}
+    assert detect(row, "f.csv") is csv
+    json_format = detect(row, "f.json")
+    assert format_name(json_format) == "alpaca (output=response)"
+    assert json_format(row) == [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
 
 
 def test_auto_lists_the_keys_found_and_the_formats_it_knows():
@@ -108,12 +115,18 @@ def test_required_keys_follow_the_configured_names():
 def test_every_option_builds_as_training_builds_it_and_converts_its_format(make_cfg, option):
     cfg = make_cfg(["model=tiny", f"data_format={option}"])
     convert = instantiate(cfg.data_format, _convert_="all")
-    fmt = {"auto": "alpaca", "dolly": "alpaca"}.get(option, option)
+    fmt = {"auto": "alpaca", "dolly": "alpaca", "chosen": "sharegpt"}.get(option, option)
     for i, example in enumerate(examples(10, seed=1)):
         row = render(example, fmt, i)
+        if option == "chosen":  # a DPO ShareGPT record: the last turn is the chosen reply
+            turns = row["conversations"]
+            row = {"conversations": turns[:-1], "chosen": turns[-1], "rejected": {"from": "gpt", "value": "No."}}
         if option == "dolly":
             row = {"instruction": row["instruction"], "context": row["input"], "response": row["output"]}
         converted = convert(row["text"] if fmt == "text" else row)
+        if isinstance(converted, dict):  # a record that defines tools (the synthetic calculator)
+            assert converted["tools"][0]["name"] == "multiply"
+            converted = converted["messages"]
         assert validate_record({"id": "x", "messages": converted}) is None
         answer = example["turns"][-1 if fmt in ("sharegpt", "messages") else 0][1]
         assert converted[-1]["content"] == (f"{row['text'].splitlines()[0]}\nAnswer: {answer}" if fmt == "text"
@@ -129,4 +142,4 @@ def test_dolly_is_alpaca_with_other_keys_in_one_yaml(make_cfg):
     row = {"instruction": "Summarise.", "context": "Pods share a network.", "response": "Shared net.", "category": "x"}
     assert convert(row) == [{"role": "user", "content": "Summarise.\n\nPods share a network."},
                             {"role": "assistant", "content": "Shared net."}]
-    assert format_name(convert) == "alpaca" and detect(row, "dolly.jsonl") is csv  # auto would drop the context
+    assert format_name(convert) == "alpaca" and detect(row, "dolly.jsonl").func is alpaca  # auto would drop the context

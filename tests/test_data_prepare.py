@@ -62,7 +62,8 @@ def test_every_record_is_accounted_for(inputs, tmp_path):
     assert report["rejected_by_reason"] == {
         "invalid JSON (Expecting property name enclosed in double quotes)": 1, "'output' is empty": 1,
         "'response' is empty": 1, "turn N: speaker 'bot' is not one of system, human, user, gpt, assistant, "
-        "function_call, observation, tool (map it with data_format.roles.<name>=user|assistant|system|tool)": 1,
+        "function_call, observation, tool (map it with "
+        "data_format.roles.<name>=user|assistant|system|tool|function_call)": 1,
         "the record breaks the conversation schema: the last message must be from the assistant": 1}
     assert json.loads((tmp_path / "out" / "prepare_report.json").read_text()) == report
 

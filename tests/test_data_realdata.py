@@ -34,14 +34,15 @@ def expected_counts(name):
         rows = csv_rows()
         return len(rows), len(rows) - len({(r["instruction"], r["response"]) for r in rows})
     key = {"sharegpt": "conversations", "messages": "messages"}[name]
-    rows = json.loads(realdata(*FILES[name]).read_text(encoding="utf-8"))
-    return len(rows), len(rows) - len({json.dumps(r[key]) for r in rows})
+    rows = [r for r in json.loads(realdata(*FILES[name]).read_text(encoding="utf-8")) if r.get("label") is not False]
+    return len(rows) + LABELLED_FALSE.get(name, 0), len(rows) - len({json.dumps(r[key]) for r in rows})
 
 
 FILES = {"alpaca": ("alpaca", "alpaca_en_demo.json"), "sharegpt": ("sharegpt", "dummy_conversation.json"),
          "messages": ("messages", "kto_en_demo.json"),
          "csv": ("csv", "Bitext_Sample_Customer_Support_Training_Dataset.csv")}
 DOCUMENTED = {"alpaca": 999, "sharegpt": 500, "messages": 300, "csv": 4514}  # ../shared/realdata/README.md
+LABELLED_FALSE = {"messages": 150}  # the KTO file's records labelled false: left out, counted as rejected
 
 
 def read_outputs(out):
@@ -55,10 +56,11 @@ def test_each_real_file_prepares_and_the_counts_reconcile(tmp_path, name):
     records, duplicates = expected_counts(name)
     (counts,) = report["files"]
     assert records == DOCUMENTED[name] == counts["read"]
-    assert (counts["format"], counts["detected"], counts["rejected"]) == (name, True, 0)
-    assert counts["duplicates"] == duplicates and counts["written"] == records - duplicates
+    rejected = LABELLED_FALSE.get(name, 0)
+    assert (counts["format"], counts["detected"], counts["rejected"]) == (name, True, rejected)
+    assert counts["duplicates"] == duplicates and counts["written"] == records - duplicates - rejected
     assert sum(report["splits"].values()) == counts["written"] == len(read_outputs(tmp_path))
-    assert (tmp_path / "rejects.jsonl").read_text() == ""
+    assert len((tmp_path / "rejects.jsonl").read_text().splitlines()) == rejected
 
 
 def test_alpaca_keeps_its_non_ascii_text(tmp_path):
@@ -85,7 +87,8 @@ def test_each_real_file_trains_with_the_tiny_model(tmp_path, cache_dir, name):
         cfg = compose(config_name="train", overrides=[f"paths.cache_dir={cache_dir}", *overrides])
     summary = run(cfg, tmp_path, overrides=overrides)
     assert summary["status"] == "completed" and summary["train_steps"] == 2
-    assert summary["rejected_records"] == 0 and summary["duplicate_records"] == expected_counts(name)[1]
+    assert summary["rejected_records"] == LABELLED_FALSE.get(name, 0)
+    assert summary["duplicate_records"] == expected_counts(name)[1]
     report = json.loads((tmp_path / "data_report.json").read_text())
     assert report["files"][0]["format"] == name and report["files"][0]["detected"]
     assert report["total"]["read"] == DOCUMENTED[name]

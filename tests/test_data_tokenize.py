@@ -63,7 +63,8 @@ def test_a_template_that_refuses_a_record_is_a_data_error():
     tok = byte_level_tokenizer()
     tok.chat_template = "{{ raise_exception('Conversation roles must alternate') }}"
     records = [{"id": "r1", "messages": CONVERSATION}]
-    with pytest.raises(Exception, match="the chat template refuses record 'r1' of the train split: Conversation roles"):
+    with pytest.raises(Exception, match="the chat template of TokenizersBackend refuses record 'r1' of the train "
+                                        "split: Conversation roles"):
         tokenize_records(records, tok, 512)
 
 

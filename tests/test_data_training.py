@@ -66,7 +66,7 @@ def test_a_folder_of_files_in_different_formats_is_pooled(tmp_path, cache_dir):
     for fmt, name, seed in (("sharegpt", "chats.jsonl", 1), ("csv", "faq.csv", 2), ("messages", "more.json", 3)):
         with open(folder / name, "w", newline="") as out:
             write(out, fmt, 20, seed=seed, array=name.endswith(".json"))
-    summary, out = train(tmp_path, cache_dir, f"data.path={folder}")
+    summary, out = train(tmp_path, cache_dir, f"data.path={folder}", "data.chat_template=chatml_tools")  # tool calls
     report = json.loads((out / "data_report.json").read_text())
     assert [(f["file"], f["format"]) for f in report["files"]] == [
         ("chats.jsonl", "sharegpt"), ("faq.csv", "csv"), ("more.json", "messages")]

@@ -139,7 +139,7 @@ def test_a_failed_run_records_status_and_reason_and_keeps_its_folder(make_cfg, t
     good = {"id": "a", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
     data.write_text(json.dumps(good) + "\n" + '{"id": "b", "messages": [}\n')
     with pytest.raises(DataError, match=r"data.jsonl:2:\d+: invalid JSON"):
-        run(make_cfg([*TINY_NO_EVAL, f"data.path={data}"]), tmp_path / "run")
+        run(make_cfg([*TINY_NO_EVAL, f"data.path={data}", "data.strict=true"]), tmp_path / "run")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and "invalid JSON" in summary["error"]
 

@@ -45,14 +45,21 @@ class DataConf:
     path: str = rule(MISSING, "a data file in any data_format (.jsonl, .json, .csv, .tsv, .txt), or a folder: "
                      "train.* and val.* files, or data files to pool and split")
     val_path: Optional[str] = rule(None, "validation file; null: val.* beside train.*, or a split of path")
-    val_ratio: float = rule(0.1, "share of path held out for validation when there is no validation file",
-                            gt=0.0, lt=1.0)
+    val_ratio: float = rule(0.1, "share of path held out for validation when there is no validation file (0: none; "
+                            "then validation figures are skipped)", ge=0.0, lt=1.0)
     max_seq_length: int = rule(512, "tokens per training sequence; longer records are truncated", ge=16)
     train_on_prompt: bool = rule(False, "also compute the loss on system and user tokens")
     max_samples: Optional[int] = rule(None, "use only the first N training records (null: all)", ge=1)
     strict: bool = rule(False, "stop at the first bad record (default: skip it, count it, list it in rejects.jsonl)")
     fallback_template: str = rule("chatml", "chat template for a tokenizer that has none (e.g. phi-2)",
-                                  choices=["chatml", "alpaca"])
+                                  choices=["chatml", "alpaca", "chatml_tools"])
+    chat_template: Optional[str] = rule(None, "a template used in place of the tokenizer's own (chatml_tools: ChatML "
+                                        "with tool calls, for Qwen2-style templates that drop them); null: its own",
+                                        choices=[None, "chatml", "alpaca", "chatml_tools"])
+    sources: Optional[List[Any]] = rule(None, "a mixture read instead of path: [{path, data_format, format_args, "
+                                        "weight, max_records}, ...] (llmft.data.mixture)")
+    system_into_user: bool = rule(False, "fold a system message into the first user turn (templates that refuse "
+                                  "a system turn, such as Gemma's)")
 
 
 @dataclass

@@ -1,20 +1,25 @@
 """``llmft-check FILE``: is a JSONL file of conversation records valid, and how does it tokenize?
 
-It checks every line against the schema (``llmft.data.records``) and that ids are unique, then, with the
+It checks every line against the schema (``llmft.data.records``) and that ids are unique (a raw data file in
+another format is first converted as ``llmft-prepare`` converts it, and its rejects are listed), then, with the
 tokenizer of the selected ``model`` option (only the tokenizer: no weights are loaded), prints the token lengths
 (min, median, p95, max), how many records ``data.max_seq_length`` would truncate, and how many would keep no
-trainable token (training drops those). Exit code 0: valid; 1: invalid records or an unreadable file; 2: a bad
-command line.
+trainable token (training drops those), and which records the chat template refuses or drops turns of. Exit
+code 0: valid; 1: invalid or refused records, or an unreadable file; 2: a bad command line.
 """
 
 import argparse
+import io
 import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from llmft.data.records import validate_record
+import orjson
+
+from llmft.data.convert import Collector
+from llmft.data.records import fold_system, validate_record
 from llmft.data.sources import SHAPES, read_jsonl
 from llmft.errors import DataError
 
@@ -33,14 +38,8 @@ def check_schema(path: Path) -> Validity:
     """Validate each line of ``path``; the valid records are kept for the token statistics.
 
     Raises:
-        DataError: the file is not JSON Lines (empty, a JSON array, a CSV ...).
+        DataError: the file is empty.
     """
-    with path.open("rb") as f:
-        head = f.read(4096).lstrip()
-    if SHAPES.get(path.suffix.lower()) not in (None, "jsonl") or head.startswith(b"["):
-        raise DataError(f"{path} is not JSON Lines: llmft-check reads one conversation record per line, as "
-                        f"llmft-prepare writes them. Convert the file first: llmft-prepare {path} --out DIR, then "
-                        "llmft-check DIR/train.jsonl.")
     out, first_line = Validity(), {}
     for line, _, value, problem in read_jsonl(path):
         reason = problem.reason if problem else validate_record(value)
@@ -54,13 +53,45 @@ def check_schema(path: Path) -> Validity:
     return out
 
 
-def token_stats(records: Sequence[dict], tokenizer, max_seq_length: int, train_on_prompt: bool) -> Dict[str, int]:
-    """Token lengths (untruncated) and what ``max_seq_length`` would do to the records."""
-    from llmft.data.tokenize import IGNORE_INDEX, is_plain_text, tokenize_record
+def is_records_file(path: Path) -> bool:
+    """Whether ``path`` holds conversation records as JSON Lines (else it is raw data to convert first)."""
+    with path.open("rb") as f:
+        head = f.read(4096).lstrip()
+    if SHAPES.get(path.suffix.lower()) not in (None, "jsonl") or head.startswith(b"["):
+        return False
+    first = next((value for _, _, value, problem in read_jsonl(path) if problem is None), None)
+    return not isinstance(first, dict) or "messages" in first and "id" in first
 
-    lengths, truncated, untrainable = [], 0, 0
+
+def convert_raw(path: Path, data_format: Callable) -> Tuple[Validity, str]:
+    """The records ``path`` converts to, as ``llmft-prepare`` and training convert it, and a line saying so."""
+    rejects = io.BytesIO()
+    collector = Collector(rejects)
+    out = Validity(records=[record for record, _ in collector.read(path, data_format, str(path))])
+    out.invalid = [(r["line"], r["reason"]) for r in map(orjson.loads, rejects.getvalue().splitlines())]
+    (counts,) = collector.report()["files"]
+    line = (f"{path}: raw {counts['format']} data{' (detected)' if counts['detected'] else ''}, not conversation "
+            f"records: checked as llmft-prepare and llmft-train convert it (read {counts['read']:,}, written "
+            f"{counts['written']:,}, rejected {counts['rejected']:,}, duplicates {counts['duplicates']:,}). "
+            f"llmft-prepare {path} --out DIR writes the records.")
+    return out, line
+
+
+def token_stats(records: Sequence[dict], tokenizer, max_seq_length: int, train_on_prompt: bool) -> Dict[str, Any]:
+    """Token lengths (untruncated), what ``max_seq_length`` would do to the records, and the records the chat
+    template refuses or cannot render faithfully (training stops at the first of them)."""
+    from jinja2 import TemplateError
+
+    from llmft.data.tokenize import IGNORE_INDEX, RenderError, is_plain_text, template_refusal, tokenize_record
+
+    lengths, truncated, untrainable, refused = [], 0, 0, []
     for record in records:
-        examples = tokenize_record(tokenizer, record["messages"], sys.maxsize, train_on_prompt)
+        try:
+            examples = tokenize_record(tokenizer, record["messages"], sys.maxsize, train_on_prompt,
+                                       record.get("tools"))
+        except (TemplateError, RenderError) as exc:
+            refused.append(template_refusal(tokenizer, record["id"], None, exc))
+            continue
         length = sum(len(e["input_ids"]) for e in examples)
         lengths.append(length)
         truncated += length > max_seq_length
@@ -68,9 +99,9 @@ def token_stats(records: Sequence[dict], tokenizer, max_seq_length: int, train_o
             kept = examples[0]["labels"][1:max_seq_length]
             untrainable += all(t == IGNORE_INDEX for t in kept)
     lengths.sort()
-    pick = lambda q: lengths[max(0, math.ceil(q * len(lengths)) - 1)]  # noqa: E731  (nearest rank)
-    return {"records": len(lengths), "min": lengths[0], "median": pick(0.5), "p95": pick(0.95), "max": lengths[-1],
-            "truncated": truncated, "no_trainable_tokens": untrainable}
+    pick = lambda q: lengths[max(0, math.ceil(q * len(lengths)) - 1)] if lengths else 0  # noqa: E731  (nearest rank)
+    return {"records": len(lengths), "min": pick(0), "median": pick(0.5), "p95": pick(0.95), "max": pick(1),
+            "truncated": truncated, "no_trainable_tokens": untrainable, "refused": refused}
 
 
 def report_schema(path: Path, validity: Validity) -> List[str]:
@@ -83,15 +114,35 @@ def report_schema(path: Path, validity: Validity) -> List[str]:
     return lines + [f"{path}: {total:,} records, {verdict} (schema: id, messages of role/content, meta; unique ids)"]
 
 
-def report_tokens(stats: Dict[str, int], max_seq_length: int) -> List[str]:
+def report_tokens(stats: Dict[str, Any], max_seq_length: int) -> List[str]:
     """The lines ``llmft-check`` prints about token lengths."""
-    share = lambda n: f"{n:,} ({100 * n / stats['records']:.1f}%)"  # noqa: E731
-    return [f"tokens per record: min {stats['min']:,}, median {stats['median']:,}, p95 {stats['p95']:,}, "
-            f"max {stats['max']:,}",
-            f"longer than data.max_seq_length={max_seq_length}: {share(stats['truncated'])} would be truncated "
-            "(plain texts: cut into windows)",
-            f"no trainable token left within {max_seq_length}: {share(stats['no_trainable_tokens'])} (training "
-            "drops them)"]
+    share = lambda n: f"{n:,} ({100 * n / max(1, stats['records']):.1f}%)"  # noqa: E731
+    lines = [f"tokens per record: min {stats['min']:,}, median {stats['median']:,}, p95 {stats['p95']:,}, "
+             f"max {stats['max']:,}",
+             f"longer than data.max_seq_length={max_seq_length}: {share(stats['truncated'])} would be truncated "
+             "(plain texts: cut into windows)",
+             f"no trainable token left within {max_seq_length}: {share(stats['no_trainable_tokens'])} (training "
+             "drops them)"]
+    refused = stats["refused"]
+    if refused:
+        lines.append(f"REFUSED by the chat template: {len(refused):,} records (training would stop at the first); "
+                     f"the first: {refused[0]}")
+    return lines
+
+
+def check_tokens(cfg, records: Sequence[dict]) -> List[str]:
+    """Print how the selected model's tokenizer (and template) sees ``records``; return the refusals."""
+    from llmft.data.templates import use_chat_template
+    from llmft.data.tokenizer import load_tokenizer
+
+    tokenizer, source = load_tokenizer(cfg.model, cfg.paths.cache_dir)
+    template = use_chat_template(tokenizer, cfg.data.fallback_template, cfg.data.chat_template)
+    named = {"own": "its own", cfg.data.chat_template: f"{template} (data.chat_template)"}
+    print(f"tokenizer: {source} ({len(tokenizer):,} tokens; chat template: "
+          f"{named.get(template, template + ' (data.fallback_template)')})")
+    stats = token_stats(records, tokenizer, cfg.data.max_seq_length, cfg.data.train_on_prompt)
+    print("\n".join(report_tokens(stats, cfg.data.max_seq_length)))
+    return stats["refused"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -103,30 +154,33 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         prog="llmft-check", description="Validate JSONL conversation records and show how the selected model's "
         "tokenizer sees them. Extra KEY=VALUE arguments are llmft-train overrides (model=..., "
         "data.max_seq_length=...).")
-    parser.add_argument("files", nargs="+", help="JSONL files of conversation records")
+    parser.add_argument("files", nargs="+", help="JSONL files of conversation records, or raw data files (converted "
+                        "first, as llmft-prepare converts them)")
     parser.add_argument("--schema-only", action="store_true", help="skip the tokenizer")
     opts = parser.parse_args(args)
 
     def body() -> int:
+        from hydra.utils import instantiate
+
         cfg = compose("llmft-check", overrides)
         checked = {}
         for name in opts.files:
-            if not Path(name).is_file():
-                raise DataError(f"{name} is not a file. Pass JSONL files of conversation records.")
-            checked[name] = check_schema(Path(name))
-            print("\n".join(report_schema(Path(name), checked[name])))
+            path = Path(name)
+            if not path.is_file():
+                raise DataError(f"{name} is not a file. Pass data files (conversation records, or raw data).")
+            if is_records_file(path):
+                checked[name] = check_schema(path)
+                print("\n".join(report_schema(path, checked[name])))
+            else:
+                checked[name], line = convert_raw(path, instantiate(cfg.data_format, _convert_="all"))
+                print("\n".join([*report_schema(path, checked[name])[:-1], line]))
         valid = [r for v in checked.values() for r in v.records]
+        if cfg.data.system_into_user:
+            valid = [{**r, "messages": fold_system(r["messages"])} for r in valid]
+        refused = False
         if not opts.schema_only and valid:
-            from llmft.data.templates import use_chat_template
-            from llmft.data.tokenizer import load_tokenizer
-
-            tokenizer, source = load_tokenizer(cfg.model, cfg.paths.cache_dir)
-            template = use_chat_template(tokenizer, cfg.data.fallback_template)
-            print(f"tokenizer: {source} ({len(tokenizer):,} tokens; chat template: "
-                  f"{'its own' if template == 'own' else template + ' (data.fallback_template)'})")
-            stats = token_stats(valid, tokenizer, cfg.data.max_seq_length, cfg.data.train_on_prompt)
-            print("\n".join(report_tokens(stats, cfg.data.max_seq_length)))
-        return 1 if any(v.invalid for v in checked.values()) else 0
+            refused = bool(check_tokens(cfg, valid))
+        return 1 if refused or any(v.invalid for v in checked.values()) else 0
 
     main_guard("llmft-check", body)
 

@@ -17,7 +17,8 @@ from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Tupl
 
 import orjson
 
-from llmft.data.formats import Reject, detect, format_name, required_keys
+from llmft.data.formats import detect, format_name, required_keys
+from llmft.data.parts import Excluded, Reject
 from llmft.data.records import validate_record
 from llmft.data.sources import SHAPES, Raw, read_raw
 from llmft.errors import DataError
@@ -82,8 +83,10 @@ def _check_keys(path: Path, convert: Callable, value: Any) -> None:
                         "data_format=auto to detect the format.")
 
 
-def make_record(value: Any, messages: list, source: str, key: bytes) -> Tuple[dict, bool]:
-    """The schema record of converted ``messages``: the input's id (else one derived from the content) and meta.
+def make_record(value: Any, messages: list, source: str, key: bytes,
+                tools: Optional[list] = None) -> Tuple[dict, bool]:
+    """The schema record of converted ``messages`` (and ``tools``): the input's id (else one derived from the
+    content) and meta.
 
     Returns:
         The record (``meta.split`` comes last and empty; the split assigns it), and whether the input named it.
@@ -95,12 +98,17 @@ def make_record(value: Any, messages: list, source: str, key: bytes) -> Tuple[di
                 "tags": meta.get("tags") or [], "split": ""}
     else:
         meta = {"source": source, "tags": [], "split": ""}
-    return {"id": str(given) if named else key.hex()[:16], "messages": messages, "meta": meta}, named
+    record = {"id": str(given) if named else key.hex()[:16], "messages": messages}
+    if tools:
+        record["tools"] = tools
+    record["meta"] = meta
+    return record, named
 
 
 def record_line(record: dict, body: bytes) -> bytes:
     """``record`` as one JSON line, reusing ``body``, its messages already serialized (for the digest)."""
-    return b"".join((b'{"id":', orjson.dumps(record["id"]), b',"messages":', body, b',"meta":',
+    tools = b',"tools":' + orjson.dumps(record["tools"]) if "tools" in record else b""
+    return b"".join((b'{"id":', orjson.dumps(record["id"]), b',"messages":', body, tools, b',"meta":',
                      orjson.dumps(record["meta"]), b"}\n"))
 
 
@@ -138,18 +146,21 @@ class Collector:
             try:
                 messages = convert(value)
             except Reject as exc:
-                self._reject(counts, line, index, value, str(exc))
+                self._reject(counts, line, index, value, str(exc), excluded=isinstance(exc, Excluded))
                 continue
+            tools = None
+            if type(messages) is dict:  # noqa: E721  (a record that defines tools)
+                messages, tools = messages["messages"], messages["tools"]
             body = dumps(messages)
-            key = digest(body, digest_size=16).digest()
+            key = digest(body + dumps(tools) if tools else body, digest_size=16).digest()  # tools tell records apart
             if key in seen:
                 counts.duplicates += 1
                 continue
-            if type(value) is dict and "id" not in value and "meta" not in value:  # noqa: E721  (the usual case)
+            if tools is None and type(value) is dict and "id" not in value and "meta" not in value:  # noqa: E721
                 record, named = {"id": key.hex()[:16], "messages": messages, "meta": {
-                    "source": source, "tags": [], "split": ""}}, False
+                    "source": source, "tags": [], "split": ""}}, False  # the usual case, inline
             else:
-                record, named = make_record(value, messages, source, key)
+                record, named = make_record(value, messages, source, key, tools)
             reason = validate_record(record) if check else None
             if reason is not None:
                 reason = f"the record breaks the conversation schema: {reason}"
@@ -165,11 +176,11 @@ class Collector:
             yield record, body
 
     def _reject(self, counts: FileCounts, line: int, index: int, value: Any, reason: str,
-                column: Optional[int] = None) -> None:
+                column: Optional[int] = None, excluded: bool = False) -> None:
         where = f"{counts.file}:{line}" + (f":{column}" if column else "")
         if counts.file.lower().endswith(".json"):  # in a JSON array, the record's position says more
             where += f" (record {index})"
-        if self.strict:
+        if self.strict and not excluded:
             raise DataError(f"{where}: {reason}. {STRICT_HINT}")
         self.first_reject = self.first_reject or f"{where}: {reason}"
         counts.rejected += 1

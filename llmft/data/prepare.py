@@ -12,11 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-import numpy
-
 from llmft.data.convert import Collector, record_line
+from llmft.data.datasets_io import hub_id, is_saved_dataset
 from llmft.data.formats import auto
-from llmft.data.splits import data_files, display_name
+from llmft.data.splits import assign_splits, data_files, display_name, split_sizes
 from llmft.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -28,7 +27,7 @@ def prepare(inputs: Sequence[str], out_dir: str, data_format: Callable = auto, s
     """Convert, de-duplicate and split ``inputs`` into ``out_dir``; write and return the report.
 
     Args:
-        inputs: files, or folders whose data files (.jsonl, .json, .csv, .tsv, .txt) are all read.
+        inputs: files, or folders whose data files (.jsonl, .json, .csv, .tsv, .txt, .parquet) are all read.
         out_dir: where ``train.jsonl``, ``val.jsonl``, ``test.jsonl``, ``rejects.jsonl`` and
             ``prepare_report.json`` go.
         data_format: a converter of ``llmft.data.formats``; ``auto`` detects each file's format.
@@ -82,36 +81,26 @@ def expand_inputs(inputs: Sequence[str], out: Path) -> List[tuple]:
     files = []
     for name in inputs:
         path = Path(name).expanduser()
+        if hub_id(path) or is_saved_dataset(path):
+            files.append((path, name))
+            continue
         if not path.exists():
-            raise DataError(f"{name} does not exist. Pass data files (.jsonl, .json, .csv, .tsv, .txt) or folders.")
+            raise DataError(f"{name} does not exist. Pass data files (.jsonl, .json, .csv, .tsv, .txt, .parquet) or "
+                            "folders, save_to_disk folders or hub datasets (hf://org/name).")
         if path.is_dir():
             found = [f for f in data_files(path) if out.resolve() not in f.resolve().parents]
             if not found:
-                raise DataError(f"{name} is a folder with no data files (.jsonl, .json, .csv, .tsv, .txt).")
+                raise DataError(f"{name} is a folder with no data files (.jsonl, .json, .csv, .tsv, .txt, "
+                                ".parquet).")
             files += [(f, display_name(f, path.parent)) for f in found]
         else:
             files.append((path, name))
     return files
 
 
-def split_sizes(n: int, ratios: Sequence[float]) -> List[int]:
-    """Exact split sizes: each held-out split gets round(n * ratio), and at least 1 if its ratio is not 0 while
-    training keeps at least 1; training gets the rest."""
-    held = []
-    for ratio in ratios[1:]:
-        size = round(n * ratio)
-        held.append(size if size or not ratio or n - sum(held) <= 1 else 1)
-    return [n - sum(held), *held]
-
-
 def write_splits(spool: Path, out: Path, n: int, ratios: Sequence[float], seed: int) -> Dict[str, int]:
     """Assign each spooled record a split by a seeded permutation and write the split files in one pass."""
-    sizes = split_sizes(n, ratios)
-    order = numpy.random.RandomState(seed).permutation(n)  # RandomState: the same permutation in every numpy
-    assign = numpy.zeros(n, dtype=numpy.uint8)  # 0: train
-    assign[order[sizes[0]:sizes[0] + sizes[1]]], assign[order[sizes[0] + sizes[1]:]] = 1, 2
-    assign = assign.tobytes()
-    del order
+    sizes, assign = split_sizes(n, ratios), assign_splits(n, ratios, seed)
     endings = [f'"split":"{s}"}}}}\n'.encode() for s in SPLITS]
     targets = [open(out / f"{s}.jsonl", "wb") if size or s != "test" else None for s, size in zip(SPLITS, sizes)]
     try:

@@ -1,4 +1,5 @@
-"""Input files as a lazy stream of raw records: JSON Lines, JSON arrays, CSV/TSV and plain text.
+"""Input files as a lazy stream of raw records: JSON Lines, JSON arrays, CSV/TSV, plain text, and (through
+``llmft.data.datasets_io``) parquet, hub datasets and ``save_to_disk`` folders.
 
 Each file yields ``(line, index, value, problem)`` tuples: where the record starts (1-based line; 0-based position in
 the file), the parsed value, and, for a record that cannot even be parsed (a broken JSONL line, a line that is not
@@ -15,9 +16,11 @@ from typing import Any, Iterable, Iterator, NamedTuple, Optional, Tuple
 
 import orjson
 
+from llmft.data.datasets_io import hub_id, is_saved_dataset, read_hub, read_parquet, read_saved
 from llmft.errors import DataError
 
-SHAPES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".txt": "text"}
+SHAPES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".txt": "text",
+          ".parquet": "parquet"}
 BOM = "\ufeff"
 CHUNK = 1 << 20
 WHITESPACE = re.compile(r"[ \t\n\r]*")
@@ -42,8 +45,14 @@ def read_raw(path: Path) -> Iterator[Raw]:
     Raises:
         DataError: the file is empty, or its content contradicts its suffix, or it cannot be read past a point.
     """
+    if hub_id(path):
+        return read_hub(path)
+    if is_saved_dataset(path):
+        return read_saved(path)
     head = _head(path)
     shape = SHAPES.get(path.suffix.lower()) or ("json" if head.startswith("[") else "jsonl")
+    if shape == "parquet":
+        return read_parquet(path)
     if shape == "jsonl":
         return read_jsonl(path)
     if shape == "json" and not head.startswith("["):

@@ -67,9 +67,13 @@ def _multiples(rng: random.Random) -> Dict:
             "input": "", "tool": None}
 
 
+MULTIPLY = {"name": "multiply", "description": "Multiply two integers.", "parameters": {
+    "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}
+
+
 def _tool(rng: random.Random) -> Dict:
     a, b = rng.randint(11, 9999), rng.randint(11, 9999)
-    call = orjson.dumps({"name": "multiply", "arguments": {"a": a, "b": b}}).decode()
+    call = {"type": "function", "function": {"name": "multiply", "arguments": {"a": a, "b": b}}}
     return {"task": "tool", "turns": [(f"Use the calculator to multiply {a} by {b}.", f"{a} x {b} = {a * b}.")],
             "input": "", "tool": (call, orjson.dumps({"result": a * b}).decode())}
 
@@ -80,7 +84,8 @@ def _messages(example: Dict) -> List[Dict[str, str]]:
     out = [{"role": "system", "content": example["system"]}] if example["system"] else []
     out.append({"role": "user", "content": user})
     if example["tool"]:
-        out += [{"role": "assistant", "content": example["tool"][0]}, {"role": "tool", "content": example["tool"][1]}]
+        out += [{"role": "assistant", "content": "", "tool_calls": [example["tool"][0]]},
+                {"role": "tool", "content": example["tool"][1]}]
     out.append({"role": "assistant", "content": first_reply})
     for question, answer in rest:
         out += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
@@ -99,15 +104,19 @@ def render(example: Dict, fmt: str, index: int) -> Dict:
     if fmt == "text":
         return {"text": f"Question: {question} {example['input']}".rstrip() + f"\nAnswer: {answer}"}
     messages = _messages(example)
+    tools = {"tools": [MULTIPLY]} if example["tool"] else {}
     if fmt == "messages":
-        return {"id": f"synth-{index:06d}", "messages": messages, "meta": {"source": "llmft-synth",
-                                                                             "tags": [example["task"]]}}
+        return {"id": f"synth-{index:06d}", "messages": messages, **tools,
+                "meta": {"source": "llmft-synth", "tags": [example["task"]]}}
     turns = []
-    for i, m in enumerate(messages):  # a tool exchange is function_call, then observation
-        tool_call = m["role"] == "assistant" and i + 1 < len(messages) and messages[i + 1]["role"] == "tool"
-        name = "function_call" if tool_call else "observation" if m["role"] == "tool" else SHAREGPT_NAMES[m["role"]]
-        turns.append({"from": name, "value": m["content"]})
-    return {"id": f"synth-{index:06d}", "conversations": turns}
+    for m in messages:  # a tool exchange is function_call ({"name", "arguments"}), then observation
+        if m.get("tool_calls"):
+            turns.append({"from": "function_call", "value": orjson.dumps(m["tool_calls"][0]["function"]).decode()})
+        else:
+            turns.append({"from": "observation" if m["role"] == "tool" else SHAREGPT_NAMES[m["role"]],
+                          "value": m["content"]})
+    return {"id": f"synth-{index:06d}", "conversations": turns,
+            **({"tools": orjson.dumps(tools["tools"]).decode()} if tools else {})}
 
 
 def write(out: TextIO, fmt: str, count: int, seed: int, array: bool = False, json_lines: bool = False) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import orjson
+import datasets
 from datasets import Dataset
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
@@ -49,36 +50,96 @@ def _common_prefix(a: str, b: str, markers: Sequence[str]) -> int:
     return end
 
 
-def render_spans(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict]) -> List[Tuple[str, bool]]:
-    """Split the rendered conversation into ``(text, is_assistant_reply)`` spans that concatenate to it.
+class RenderError(DataError):
+    """The chat template cannot render a conversation faithfully (a dropped, merged or reordered turn)."""
+
+
+def render_spans(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict],
+                 tools: Optional[Sequence[dict]] = None) -> List[Tuple[str, bool]]:
+    """Split the rendered conversation into ``(text, is_trained_reply)`` spans that concatenate to it.
 
     Reply ``i`` starts where the template's prompt for it (``messages[:i]`` plus the generation prompt) ends,
     and runs as far as the rendering of ``messages[:i + 1]`` agrees with the whole conversation's: so the
     reply's end-of-turn marker is trained, and a marker that a template adds only at the very end of a
-    conversation (Phi-3 appends EOS) is trained only there.
+    conversation (Phi-3 appends EOS) is trained only there. A reply marked ``"train": false`` is context. ``tools``
+    go to the template as ``tools=``; every message (and tool) must show in the rendering (``check_rendered``).
+
+    Raises:
+        RenderError: the template drops, merges or reorders a turn.
     """
-    full = tokenizer.apply_chat_template(list(messages), tokenize=False)
+    def render(part: Sequence[dict], **kwargs) -> str:
+        return tokenizer.apply_chat_template(list(part), tools=list(tools) if tools else None, tokenize=False,
+                                             **kwargs)
+
+    full = render(messages)
+    check_rendered(tokenizer, full, messages, tools)
     markers = [str(t) for t in tokenizer.added_tokens_decoder.values()]
     spans, done = [], 0
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt = tokenizer.apply_chat_template(list(messages[:i]), tokenize=False, add_generation_prompt=True)
-        upto = tokenizer.apply_chat_template(list(messages[: i + 1]), tokenize=False)
-        end = _common_prefix(upto, full, markers)
+        prompt = render(messages[:i], add_generation_prompt=True)
+        end = _common_prefix(render(messages[: i + 1]), full, markers)
         if not full.startswith(prompt) or len(prompt) < done or end <= len(prompt):
-            raise DataError("the tokenizer's chat template renders a conversation's prefix differently from the "
-                            "conversation itself, so the assistant's tokens cannot be located. Use a template "
-                            "that renders turns in order (set tokenizer.chat_template).")
-        spans += [(full[done:len(prompt)], False), (full[len(prompt):end], True)]
+            raise RenderError(f"{template_name(tokenizer)} renders the conversation up to message {i} differently "
+                              "from the conversation itself (it merges or reorders turns), so the assistant's "
+                              "tokens cannot be located. Use a template that renders turns in order "
+                              "(data.chat_template).")
+        spans += [(full[done:len(prompt)], False), (full[len(prompt):end], message.get("train", True))]
         done = end
     if done < len(full):
         spans.append((full[done:], False))
     return spans
 
 
+def template_name(tokenizer: PreTrainedTokenizerBase) -> str:
+    """``the chat template of <tokenizer>``, for messages."""
+    return f"the chat template of {getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__}"
+
+
+def check_rendered(tokenizer: PreTrainedTokenizerBase, full: str, messages: Sequence[dict],
+                   tools: Optional[Sequence[dict]] = None) -> None:
+    """Every message's text (and every tool call's and tool's name) must appear in ``full``, messages in order.
+
+    A few substring searches per record: cheap beside the rendering itself.
+
+    Raises:
+        RenderError: naming the template and the first message it drops.
+    """
+    for tool in tools or ():
+        name = (tool.get("function") if isinstance(tool.get("function"), dict) else tool).get("name")
+        if name and name not in full:
+            raise RenderError(f"{template_name(tokenizer)} ignores the tools the conversation defines (no {name!r} "
+                              f"in its rendering). {NO_TOOLS}")
+    at = 0
+    for i, message in enumerate(messages):
+        needles = [message["content"].strip()] if message["content"].strip() else []
+        needles += [c["function"]["name"] for c in message.get("tool_calls") or ()]
+        for needle in needles:
+            found = full.find(needle, at)
+            if found < 0:
+                raise RenderError(_dropped(tokenizer, i, message))
+            at = found + len(needle)
+
+
+NO_TOOLS = ("It has no tool support: use a model whose template renders tools and tool calls, or render them "
+            "as ChatML with Hermes-style <tool_call> tags with data.chat_template=chatml_tools.")
+
+
+def _dropped(tokenizer: PreTrainedTokenizerBase, i: int, message: dict) -> str:
+    role = "assistant tool call" if message.get("tool_calls") else message["role"]
+    text = message["content"].strip() or message["tool_calls"][0]["function"]["name"]
+    hint = (NO_TOOLS if message["role"] == "tool" or message.get("tool_calls") else
+            "It does not render a system turn: fold it into the first user turn with data.system_into_user=true, "
+            "or drop it." if message["role"] == "system" else
+            "Use a template that renders every turn (data.chat_template).")
+    return (f"{template_name(tokenizer)} drops message {i} ({role}: {text[:60]!r}) from its rendering, so "
+            f"training would not see the conversation the data holds. {hint}")
+
+
 def tokenize_conversation(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], max_seq_length: int,
-                          train_on_prompt: bool = False) -> Dict[str, List[int]]:
+                          train_on_prompt: bool = False,
+                          tools: Optional[Sequence[dict]] = None) -> Dict[str, List[int]]:
     """Token ids and labels of one conversation, truncated to ``max_seq_length``.
 
     The whole rendering is tokenized at once, so the ids are exactly the template's; each token is labelled by
@@ -86,7 +147,7 @@ def tokenize_conversation(tokenizer: PreTrainedTokenizerBase, messages: Sequence
     ``train_on_prompt``); each reply ends with the template's end-of-turn token, or with the tokenizer's EOS
     when the template has none.
     """
-    spans = render_spans(tokenizer, messages)
+    spans = render_spans(tokenizer, messages, tools)
     text = "".join(t for t, _ in spans)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     starts = list(itertools.accumulate((len(t) for t, _ in spans[:-1]), initial=0))
@@ -123,11 +184,12 @@ def is_plain_text(messages: Sequence[dict]) -> bool:
 
 
 def tokenize_record(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], max_seq_length: int,
-                    train_on_prompt: bool = False) -> List[Dict[str, List[int]]]:
+                    train_on_prompt: bool = False,
+                    tools: Optional[Sequence[dict]] = None) -> List[Dict[str, List[int]]]:
     """The training examples of one record: one conversation, or the windows of a plain text."""
-    if is_plain_text(messages):
+    if is_plain_text(messages) and not tools:
         return tokenize_text(tokenizer, messages[0]["content"], max_seq_length)
-    return [tokenize_conversation(tokenizer, messages, max_seq_length, train_on_prompt)]
+    return [tokenize_conversation(tokenizer, messages, max_seq_length, train_on_prompt, tools)]
 
 
 def tokenize_records(records: List[dict], tokenizer: PreTrainedTokenizerBase, max_seq_length: int,
@@ -149,19 +211,25 @@ def tokenize_records(records: List[dict], tokenizer: PreTrainedTokenizerBase, ma
     """
     def encode(batch: Dict[str, list], indices: List[int]) -> Dict[str, list]:
         out: Dict[str, list] = {"id": [], "record": [], "input_ids": [], "labels": []}
-        for record_id, index, messages in zip(batch["id"], indices, batch["messages"]):
+        for record_id, index, conversation in zip(batch["id"], indices, batch["conversation"]):
             try:
-                examples = tokenize_record(tokenizer, messages, max_seq_length, train_on_prompt)
-            except TemplateError as exc:
-                raise DataError(f"the chat template refuses record {record_id!r} of the {split} split: {exc}. Fix "
-                                "the record, or use a model whose template accepts its roles.") from None
+                messages, tools = conversation_of(conversation)
+                examples = tokenize_record(tokenizer, messages, max_seq_length, train_on_prompt, tools)
+            except (TemplateError, RenderError) as exc:
+                raise DataError(template_refusal(tokenizer, record_id, split, exc)) from None
             for example in examples:
                 if any(t != IGNORE_INDEX for t in example["labels"][1:]):
                     for key, value in (("id", record_id), ("record", index), *example.items()):
                         out[key].append(value)
         return out
 
-    raw = Dataset.from_list([{"id": r["id"], "messages": r["messages"]} for r in records])
+    if not records:  # no validation split (data.val_ratio=0)
+        ids = datasets.Sequence(datasets.Value("int64"))
+        return Dataset.from_dict({"id": [], "record": [], "input_ids": [], "labels": []}, features=datasets.Features(
+            {"id": datasets.Value("string"), "record": datasets.Value("int64"), "input_ids": ids, "labels": ids})), 0
+    # as JSON: Arrow would give every message every key of every other (tool calls' arguments differ per record)
+    raw = Dataset.from_list([{"id": r["id"], "conversation": orjson.dumps([r["messages"], r.get("tools")])}
+                             for r in records])
     fingerprint = tokenization_fingerprint(records, tokenizer, max_seq_length, train_on_prompt)
     cache = Path(cache_dir).expanduser() / "tokenized" / f"{fingerprint}.arrow" if cache_dir else None
     cached = cache is not None and usable_cache(cache)
@@ -180,6 +248,25 @@ def tokenize_records(records: List[dict], tokenizer: PreTrainedTokenizerBase, ma
     return encoded, dropped
 
 
+def conversation_of(stored: bytes) -> Tuple[List[dict], Optional[List[dict]]]:
+    """The messages and tools of a record as ``tokenize_records`` stores them (JSON)."""
+    messages, tools = orjson.loads(stored)
+    return messages, tools
+
+
+def template_refusal(tokenizer: PreTrainedTokenizerBase, record_id: str, split: Optional[str],
+                     exc: Exception) -> str:
+    """One paragraph on a record the chat template refuses or cannot render faithfully."""
+    record = f"record {record_id!r}" + (f" of the {split} split" if split else "")
+    if isinstance(exc, RenderError):
+        return f"{record}: {exc}"
+    text = str(exc)
+    hint = ("fold the system turn into the first user turn with data.system_into_user=true, or drop it"
+            if "system" in text.lower() else "fix the record, or use a model (or data.chat_template) whose template "
+            "accepts its roles and their order")
+    return f"{template_name(tokenizer)} refuses {record}: {text}. To go on, {hint}."
+
+
 def tokenization_fingerprint(records: Sequence[dict], tokenizer: PreTrainedTokenizerBase, max_seq_length: int,
                              train_on_prompt: bool) -> str:
     """A digest of everything the tokenized examples depend on."""
@@ -187,7 +274,7 @@ def tokenization_fingerprint(records: Sequence[dict], tokenizer: PreTrainedToken
     for part in (tokenizer_fingerprint(tokenizer), CODE_VERSION, str(max_seq_length), str(train_on_prompt)):
         digest.update(part.encode() + b"\0")
     for record in records:
-        digest.update(orjson.dumps([record["id"], record["messages"]]))
+        digest.update(orjson.dumps([record["id"], record["messages"], record.get("tools")]))
     return digest.hexdigest()[:32]
 
 

@@ -23,8 +23,11 @@ class Perplexity:
 
     @torch.no_grad()
     def __call__(self, model, tokenizer, data: EvalData) -> dict:
-        """Return ``eval_loss``, ``perplexity``, ``num_samples`` and ``total_tokens`` of the split."""
+        """Return ``eval_loss``, ``perplexity``, ``num_samples`` and ``total_tokens`` of the split (nothing for an
+        empty split: ``data.val_ratio=0`` holds nothing out, and a perplexity of nothing is no figure)."""
         dataset = data.tokenized
+        if len(dataset) == 0:
+            return {}
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device

@@ -5,8 +5,9 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from llmft.data.tokenizer import open_tokenizer
 from llmft.errors import ModelLoadError
 from llmft.models.hub import resolve_source
 
@@ -104,8 +105,8 @@ def load_from(source: str, *, name: str, quantization_config: Any, dtype: str, d
               attn_implementation: str = "sdpa", tokenizer: Optional[str] = None) -> LoadedModel:
     """Load the model and tokenizer in ``source`` (a folder or a cached hub id)."""
     try:
-        tok = AutoTokenizer.from_pretrained(tokenizer or source, revision=revision,
-                                            trust_remote_code=trust_remote_code)
+        tok = open_tokenizer(tokenizer or source, key="model.tokenizer" if tokenizer else "model.name_or_path",
+                             revision=revision, trust_remote_code=trust_remote_code)
         kwargs = dict(dtype=getattr(torch, dtype), revision=revision, trust_remote_code=trust_remote_code,
                       attn_implementation=attn_implementation)
         if quantization_config is not None:

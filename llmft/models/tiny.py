@@ -12,8 +12,9 @@ from typing import Any, Mapping, Optional
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from llmft.data.tokenizer import open_tokenizer
 from llmft.models.loading import LoadedModel, load_from
 
 CHATML_TEMPLATE = (
@@ -62,7 +63,8 @@ def build_tiny(
     Returns:
         The loaded model and tokenizer.
     """
-    tok = AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=False) if tokenizer else byte_level_tokenizer()
+    tok = open_tokenizer(tokenizer, key="model.tokenizer", trust_remote_code=False) if tokenizer \
+        else byte_level_tokenizer()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     spec = json.dumps({"arch": dict(arch), "tokenizer": tokenizer, "seed": init_seed}, sort_keys=True, default=str)
