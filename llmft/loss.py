@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 from torch.utils.checkpoint import checkpoint
 
+from llmft.data.tokenize import IGNORE_INDEX
 from llmft.errors import ConfigError
 
-IGNORE_INDEX = -100
 PLAIN_HEADS = {"llama", "mistral", "qwen2", "qwen3", "phi", "phi3", "gemma", "smollm3", "olmo", "olmo2",
                "starcoder2", "stablelm"}
 
