@@ -59,8 +59,9 @@ class DataConf:
 class HardwareConf:
     name: str = MISSING
     device: str = rule("cpu", "where to train", choices=["cpu", "cuda"])
-    precision: str = rule("bf16", "mixed precision of the forward and backward pass",
-                          choices=["bf16", "fp16", "fp32"])
+    precision: str = rule("bf16", "mixed precision of the forward and backward pass; auto: bf16 on a CPU with "
+                          "AVX512-BF16 or AMX, fp32 on other CPUs, bf16 or else fp16 on CUDA",
+                          choices=["auto", "bf16", "fp16", "fp32"])
     micro_batch_size: int = rule(8, "sequences per forward pass", ge=1)
     gradient_accumulation_steps: int = rule(1, "micro-batches per optimizer step", ge=1)
     gradient_checkpointing: bool = rule(False, "recompute activations in the backward pass to save memory")
