@@ -8,6 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from peft import LoraConfig, get_peft_model
 from transformers import BitsAndBytesConfig
 
+from llmft.adapters import apply_lora
 from llmft.data import pad_collate
 from llmft.errors import ConfigError
 from llmft.loss import lm_loss_sum
@@ -160,3 +161,16 @@ def test_no_vocabulary_tensor_larger_than_a_chunk_forward_or_backward():
     with LargestVocabTensor(4099) as watch:
         full_logits_loss(model, batch)[0].backward()
     assert watch.largest == 3 * 70  # the watch sees the plain computation's logits
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(cache_dir):
+    loaded = build_tiny(arch=TINY_ARCH, cache_dir=cache_dir)
+    torch.manual_seed(0)
+    model = apply_lora(loaded.model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"),
+                       gradient_checkpointing=True)  # as llmft applies it
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    model.train()
+    assert loaded.model.model.layers[0].gradient_checkpointing
+    assert_same(model, pad_collate(records(len(loaded.tokenizer)), loaded.tokenizer.pad_token_id))
