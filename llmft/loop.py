@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from tqdm.auto import tqdm
@@ -28,9 +27,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_scheduler
 
 from llmft.checkpoint import CheckpointStore, set_rng_state
-from llmft.data.tokenize import IGNORE_INDEX
 from llmft.errors import NonFiniteLossError
 from llmft.interrupt import Interrupted, StopFlag
+from llmft.objectives import SFT
 from llmft.recording import RunRecorder, peak_memory_mb
 
 log = logging.getLogger(__name__)
@@ -71,15 +70,6 @@ class Hardware:
     precision: str = "fp32"
     micro_batch_size: int = 8
     gradient_accumulation_steps: int = 1
-
-
-def plain_loss_sum(model, batch: dict):
-    """Summed next-token cross-entropy over the labelled positions, from the model's full logits."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    labels = batch["labels"][:, 1:]
-    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
-                           reduction="sum")
-    return loss, int((labels != IGNORE_INDEX).sum())
 
 
 class TrainingLoop:
@@ -131,8 +121,8 @@ class TrainingLoop:
 
     def fit(self, model: torch.nn.Module, dataset, collate: Callable, *, batch_plan: BatchPlan, hardware: Hardware,
             optimizer: Callable, recorder: RunRecorder, validate: Optional[Callable] = None,
-            checkpoints: Optional[CheckpointStore] = None, resume: bool = False, resume_command: str = "",
-            loss_fn: Callable = plain_loss_sum) -> TrainResult:
+            objective=None, checkpoints: Optional[CheckpointStore] = None, resume: bool = False,
+            resume_command: str = "") -> TrainResult:
         """Train ``model`` in place; continue from the newest valid checkpoint when ``resume``.
 
         Args:
@@ -144,10 +134,10 @@ class TrainingLoop:
             optimizer: a partial optimizer; called with the parameters, ``lr`` and ``weight_decay``.
             recorder: writes ``metrics.jsonl``.
             validate: ``model -> {"eval_loss", "perplexity", ...}``, called every ``eval_every`` steps.
+            objective: how a batch becomes a loss (``units``, ``loss_sum``; ``llmft.objectives``); default SFT.
             checkpoints: where checkpoints go; None writes none (and a signal then stops without one).
             resume: continue from ``checkpoints.latest()``.
             resume_command: the command that resumes this run, printed when a signal stops it.
-            loss_fn: ``(model, batch) -> (summed loss, labelled tokens)``.
 
         Returns:
             Steps run, losses, throughput and duration.
@@ -156,6 +146,7 @@ class TrainingLoop:
             NonFiniteLossError: the loss became NaN or infinite.
             Interrupted: SIGINT or SIGTERM stopped training after a checkpoint.
         """
+        objective = objective or SFT()
         AcceleratorState._reset_state()  # a sweep's jobs share this process; each sets its own precision
         GradientState._reset_state()
         self.device = hardware.device
@@ -190,7 +181,7 @@ class TrainingLoop:
                 epoch = self.state.epoch
                 window = self._next_window(epoch_batches, accum, dataset, collate)
                 lr = sched.get_last_lr()[0]
-                loss, n_tokens, grad_norm = self._step(model, window, accelerator, params, opt, sched, loss_fn)
+                loss, n_tokens, grad_norm = self._step(model, window, accelerator, params, opt, sched, objective)
                 if not math.isfinite(loss):
                     raise NonFiniteLossError(step, loss)
                 self.state.step, self.state.tokens = step, self.state.tokens + n_tokens
@@ -227,17 +218,16 @@ class TrainingLoop:
             self.state.epoch, self.state.batch = self.state.epoch + 1, 0
         return [collate([dataset[i] for i in indices]) for indices in chosen]
 
-    def _step(self, model, window: List[dict], accelerator: Accelerator, params, opt, sched, loss_fn):
+    def _step(self, model, window: List[dict], accelerator: Accelerator, params, opt, sched, objective):
         """One optimizer step over a window of micro-batches; returns (mean loss, tokens, grad norm)."""
-        window = [{k: v.to(accelerator.device) for k, v in batch.items()} for batch in window]
-        targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window)
-        targets = int(accelerator.gather(torch.tensor([targets], device=accelerator.device)).sum())
+        window = [{k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()} for batch in window]
+        units = sum(objective.units(b) for b in window)  # the loss is a mean over all processes' units
+        units = int(accelerator.gather(torch.tensor([units], device=accelerator.device)).sum())
         loss_sum, tokens = 0.0, 0
         for i, batch in enumerate(window):
             sync = accelerator.no_sync(model) if i < len(window) - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
-                summed, _ = loss_fn(model, batch)
-                loss = summed / max(targets, 1)
+                loss = objective.loss_sum(model, batch) / max(units, 1)
             # DDP averages gradients over processes; the loss is already divided by the global token count.
             accelerator.backward(loss * accelerator.num_processes)
             loss_sum += float(loss.detach())
@@ -303,13 +293,6 @@ class _Sharded:
             batches += batches[: (-len(batches)) % self.world]  # repeat a few so that processes stay in step
             self._epoch, self._batches = epoch, batches[self.rank:: self.world]
         return self._batches
-
-
-def shuffled_batches(num_examples: int, micro_batch_size: int, seed: int, epoch: int) -> List[List[int]]:
-    """A random order of the examples for ``epoch``, cut into micro-batches; the same for the same arguments."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(num_examples, generator=generator).tolist()
-    return [order[i: i + micro_batch_size] for i in range(0, num_examples, micro_batch_size)]
 
 
 def _clip(accelerator: Accelerator, params, max_norm: Optional[float]) -> float:

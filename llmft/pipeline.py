@@ -24,7 +24,9 @@ from llmft.errors import DeviceUnavailableError
 from llmft.evaluation import EvalData, Perplexity, build_eval_report, run_evaluators, samples_markdown
 from llmft.files import WriteError, atomic_write, read_json, write_json, write_manifest
 from llmft.interrupt import Interrupted
-from llmft.loop import Hardware, shuffled_batches
+from llmft.data.batching import epoch_batches, pack_collate
+from llmft.hardware import resolve_precision
+from llmft.loop import Hardware
 from llmft.planning.preflight import emulate_budget, fit_budget, longest_sequence, memory_summary, plan_run
 from llmft.recording import RunRecorder, peak_memory_mb, peak_reserved_mb, reset_peak_memory
 from llmft.run_folder import RunFolder, check_resumable
@@ -115,7 +117,8 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
     set_seed(cfg.seed)
     splits = read_splits(cfg, recorder.output_dir)
     quantization = build(cfg.quantization)
-    loaded = build(cfg.model, quantization_config=quantization, dtype=precision_to_dtype(hardware.precision)
+    loaded = build(cfg.model, quantization_config=quantization,
+                   dtype=precision_to_dtype(resolve_precision(hardware.precision, hardware.device))
                    if hardware.device == "cuda" else "float32", device=hardware.device, cache_dir=cfg.paths.cache_dir)
     tokenizer = loaded.tokenizer
     (train_set, train_dropped), (val_set, _) = tokenize_split(cfg, tokenizer, splits.train, "train"), \
@@ -131,12 +134,15 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
                          precision)
     loop = build(cfg.trainer)
     validate_fn = lambda m: _under(precision, Perplexity(hardware.micro_batch_size), m, tokenizer, eval_data)  # noqa
-    result = loop.fit(model, train_set, functools.partial(pad_collate, pad_token_id=tokenizer.pad_token_id),
-                      batch_plan=functools.partial(shuffled_batches, len(train_set), hardware.micro_batch_size,
-                                                   cfg.seed),
-                      hardware=Hardware(hardware.device, hardware.precision, hardware.micro_batch_size,
-                                        hardware.gradient_accumulation_steps),
-                      optimizer=build(hardware.optimizer), recorder=recorder,
+    result = loop.fit(model, train_set, pack_collate if cfg.data.packing else
+                      functools.partial(pad_collate, pad_token_id=tokenizer.pad_token_id),
+                      batch_plan=functools.partial(
+                          epoch_batches, [len(ids) for ids in train_set["input_ids"]], hardware.micro_batch_size,
+                          cfg.seed, group_by_length=cfg.data.group_by_length, packing=cfg.data.packing,
+                          max_tokens=hardware.micro_batch_size * cfg.data.max_seq_length),
+                      hardware=Hardware(hardware.device, resolve_precision(hardware.precision, hardware.device),
+                                        hardware.micro_batch_size, hardware.gradient_accumulation_steps),
+                      optimizer=build(hardware.optimizer), recorder=recorder, objective=build(cfg.objective),
                       validate=validate_fn if len(val_set) else None,
                       checkpoints=CheckpointStore(recorder.output_dir / "checkpoints", cfg.trainer.keep_checkpoints),
                       resume=resume, resume_command=resume_command)
@@ -188,9 +194,10 @@ def _save_outputs(folder: Path, model, tokenizer, samples: str) -> None:
 
 def evaluation_precision(hardware: DictConfig):
     """The autocast that training used, so that base and fine-tuned figures are computed at the same precision."""
-    if hardware.precision == "fp32":
+    precision = resolve_precision(hardware.precision, hardware.device)
+    if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if hardware.precision == "bf16" else torch.float16
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=hardware.device, dtype=dtype)
 
 

@@ -36,7 +36,7 @@ def terms(plan):
 @pytest.fixture
 def tiny(make_cfg):
     """The tiny model's default run: CPU, fp32, micro-batch 8, sequence 512, LoRA r=16 on q_proj/v_proj."""
-    return setup_from_cfg(make_cfg(["model=tiny"]))
+    return setup_from_cfg(make_cfg(["model=tiny", "hardware.precision=fp32"]))  # the figures by hand are fp32
 
 
 def test_tiny_figures_come_from_its_arch_and_the_byte_level_tokenizer(tiny):
@@ -69,6 +69,21 @@ def test_tiny_activations_and_logits_by_hand(tiny):
     assert t["logits"] == tokens * 259 * (4 + 4 + 4 + 4)   # logits, log-softmax, its gradient, the loss gradient
     assert "evaluation" not in t                             # perplexity at batch 8 stays below the training step
     assert t["overhead"] == pytest.approx(CPU_BASELINE_BYTES + CPU_RETENTION * (expected + t["logits"]))
+
+
+def test_chunked_loss_holds_one_chunk_of_logits_and_its_hidden_states(tiny):
+    chunked = terms(plan_memory(replace(tiny, loss_chunk_tokens=1000)))
+    tokens = 8 * 512
+    assert chunked["logits"] == 1000 * 259 * 16 + tokens * 64 * (4 + 4)  # one chunk; hidden states + their gradient
+    assert chunked["activations"] == terms(plan_memory(tiny))["activations"]
+    assert terms(plan_memory(replace(tiny, loss_chunk_tokens=8192)))["logits"] == tokens * 259 * 16 + tokens * 64 * 8
+
+
+def test_llama_1b_at_4096_tokens_on_a_gtx1660_needs_under_1_gib_for_the_loss(make_cfg):
+    setup = setup_from_cfg(make_cfg(["model=llama-3.2-1b", "hardware=gtx1660-6gb", "data.max_seq_length=4096"]))
+    full, chunked = terms(plan_memory(setup)), terms(plan_memory(replace(setup, loss_chunk_tokens=512)))
+    assert full["logits"] > 13 * GIB and full["evaluation"] > 26 * GIB  # the issue's figures with full logits
+    assert chunked["logits"] < 1 * GIB and chunked.get("evaluation", 0) < 1 * GIB
 
 
 def test_nf4_weights_count_double_quantization_and_the_fp32_upcast(tiny):

@@ -51,6 +51,9 @@ class DataConf:
     train_on_prompt: bool = rule(False, "also compute the loss on system and user tokens")
     max_samples: Optional[int] = rule(None, "use only the first N training records (null: all)", ge=1)
     strict: bool = rule(False, "stop at the first bad record (default: skip it, count it, list it in rejects.jsonl)")
+    group_by_length: bool = rule(True, "put records of similar length in the same micro-batch (less padding)")
+    packing: bool = rule(False, "pack records into one row per micro-batch (micro_batch_size x max_seq_length "
+                         "tokens), attention kept within each record: no padding at all")
     fallback_template: str = rule("chatml", "chat template for a tokenizer that has none (e.g. phi-2)",
                                   choices=["chatml", "alpaca", "chatml_tools"])
     chat_template: Optional[str] = rule(None, "a template used in place of the tokenizer's own (chatml_tools: ChatML "
@@ -66,8 +69,9 @@ class DataConf:
 class HardwareConf:
     name: str = MISSING
     device: str = rule("cpu", "where to train", choices=["cpu", "cuda"])
-    precision: str = rule("bf16", "mixed precision of the forward and backward pass",
-                          choices=["bf16", "fp16", "fp32"])
+    precision: str = rule("bf16", "mixed precision of the forward and backward pass; auto: bf16 on a CPU with "
+                          "AVX512-BF16 or AMX, fp32 on other CPUs, bf16 or else fp16 on CUDA",
+                          choices=["auto", "bf16", "fp16", "fp32"])
     micro_batch_size: int = rule(8, "sequences per forward pass", ge=1)
     gradient_accumulation_steps: int = rule(1, "micro-batches per optimizer step", ge=1)
     gradient_checkpointing: bool = rule(False, "recompute activations in the backward pass to save memory")
@@ -109,6 +113,7 @@ class TrainConf:
     lora: LoraConf = field(default_factory=LoraConf)
     data_format: Any = MISSING
     data: DataConf = field(default_factory=DataConf)
+    objective: Any = MISSING
     hardware: HardwareConf = field(default_factory=HardwareConf)
     trainer: TrainerConf = field(default_factory=TrainerConf)
     eval: Optional[Any] = None

@@ -3,23 +3,26 @@
 import math
 
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from llmft.data import pad_collate
-from llmft.data.tokenize import IGNORE_INDEX
 from llmft.evaluation.data import EvalData
+from llmft.loss import lm_loss_sum
 
 
 class Perplexity:
     """Token-weighted mean cross-entropy over the labelled (assistant) tokens of the validation split, and its exp.
 
+    The loss is the training loss's computation (``llmft.loss.lm_loss_sum``): no full logits, only the labelled
+    positions projected to the vocabulary, ``chunk_tokens`` at a time.
+
     Args:
         batch_size: sequences per forward pass.
+        chunk_tokens: labelled positions projected to the vocabulary at once.
     """
 
-    def __init__(self, batch_size: int = 8):
+    def __init__(self, batch_size: int = 8, chunk_tokens: int = 2048):
         self.batch_size = batch_size
+        self.chunk_tokens = chunk_tokens
 
     @torch.no_grad()
     def __call__(self, model, tokenizer, data: EvalData) -> dict:
@@ -31,16 +34,13 @@ class Perplexity:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        loader = DataLoader(dataset, batch_size=self.batch_size,
-                            collate_fn=lambda f: pad_collate(f, tokenizer.pad_token_id))
+        # longest first and grouped by length: little padding, and the peak comes at once
+        order = sorted(range(len(dataset)), key=lambda i: -len(dataset[i]["input_ids"]))
         loss_sum, tokens = 0.0, 0
-        for batch in loader:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            labels = batch["labels"][:, 1:]
-            loss_sum += float(F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
-                                              ignore_index=IGNORE_INDEX, reduction="sum"))
-            tokens += int((labels != IGNORE_INDEX).sum())
+        for start in range(0, len(order), self.batch_size):
+            batch = pad_collate([dataset[i] for i in order[start:start + self.batch_size]], tokenizer.pad_token_id)
+            summed, count = lm_loss_sum(model, {k: v.to(device) for k, v in batch.items()}, self.chunk_tokens)
+            loss_sum, tokens = loss_sum + float(summed), tokens + count
         model.train(was_training)
         loss = loss_sum / max(tokens, 1)
         return {"eval_loss": loss, "perplexity": math.exp(min(loss, 700.0)), "num_samples": len(dataset),

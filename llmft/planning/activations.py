@@ -152,9 +152,23 @@ def logits_per_token(s: Setup) -> float:
 
     The model's forward computes logits for every position (``logits x V``; the step holds them in its output),
     the loss upcasts them to fp32 and keeps the log-softmax (``4V``); its backward then holds the loss's
-    gradient and the log-softmax gradient (``4V`` each): ``(12 + logits) x V`` in all, 16V in fp32.
+    gradient and the log-softmax gradient (``4V`` each): ``(12 + logits) x V`` in all, 16V in fp32. The chunked
+    loss has the same bytes per row, for one chunk's rows at a time (``logit_rows``).
     """
     return (12 + dtypes(s).logits) * s.arch.vocab_size
+
+
+def logit_rows(s: Setup, tokens: int) -> int:
+    """Rows of vocabulary-wide tensors alive at once: every token with full logits; one chunk with the chunked
+    loss (``llmft.loss``), which projects only labelled positions, ``loss_chunk_tokens`` at a time (all
+    positions may be labelled, so the plan assumes a full chunk)."""
+    return min(tokens, s.loss_chunk_tokens) if s.loss_chunk_tokens else tokens
+
+
+def chunked_hidden_bytes(s: Setup, tokens: int) -> float:
+    """The chunked loss's own tensors besides the chunk: the labelled positions' hidden states (``c`` under
+    autocast, else ``w``) and their fp32 gradient, ``(logits + 4) x h`` per token; nothing with full logits."""
+    return (dtypes(s).logits + 4) * s.arch.hidden_size * tokens if s.loss_chunk_tokens else 0.0
 
 
 def head_cast_bytes(s: Setup) -> float:
@@ -186,8 +200,10 @@ def weight_copies(s: Setup) -> float:
     return lora + (first + sum(n for n, _ in per_layer) * (s.arch.num_hidden_layers - 1)) * c
 
 
-def eval_per_token(s: Setup) -> float:
-    """Bytes per token of a no-grad perplexity pass: the logits (``w``), a shifted fp32 copy and the
-    log-softmax (4 B each); plus one layer's transient buffers (``(3I + 2h) x w``)."""
+def eval_bytes(s: Setup, tokens: int) -> float:
+    """Bytes of a no-grad perplexity pass over ``tokens``: per row of logits (``logit_rows``) the logits (``w``),
+    a shifted fp32 copy and the log-softmax (4 B each); per token one layer's transient buffers
+    (``(3I + 2h) x w``)."""
     w = s.weight_bytes
-    return (w + 8) * s.arch.vocab_size + (3 * s.arch.intermediate_size + 2 * s.arch.hidden_size) * w
+    return (w + 8) * s.arch.vocab_size * logit_rows(s, tokens) + \
+        (3 * s.arch.intermediate_size + 2 * s.arch.hidden_size) * w * tokens

@@ -75,7 +75,8 @@ def plan_memory(s: Setup) -> MemoryPlan:
     if evaluation > train:
         terms.append(Term("evaluation", "evaluation excess", evaluation - train,
                           f"the no-grad perplexity pass ({s.eval_batch} x {s.seq_len} tokens, "
-                          f"{act.eval_per_token(s) / 1024:.0f} KiB/token) peaks above the training step by this"))
+                          f"{_eval_activations(s) / (s.eval_batch * s.seq_len) / 1024:.0f} KiB/token"
+                          f"{_chunk_note(s)}) peaks above the training step by this"))
     terms.append(_overhead(s, terms))
     return MemoryPlan(setup=s, terms=terms)
 
@@ -83,7 +84,8 @@ def plan_memory(s: Setup) -> MemoryPlan:
 def _step_terms(s: Setup):
     """(activations, logits and loss) of a training step, summing to the step's peak above the fixed terms."""
     d, tokens, arch = act.dtypes(s), s.tokens, s.arch
-    logits_stage = act.logits_per_token(s) * tokens + act.head_cast_bytes(s)
+    rows = act.logit_rows(s, tokens)
+    logits_stage = act.logits_per_token(s) * rows + act.head_cast_bytes(s) + act.chunked_hidden_bytes(s, tokens)
     parts = act.activations_per_token(s)
     shared = s.micro_batch_size * s.seq_len ** 2 if (s.micro_batch_size > 1 and s.attn_implementation == "sdpa") \
         else 0  # transformers' boolean padding mask, one for all layers
@@ -99,7 +101,7 @@ def _step_terms(s: Setup):
         kept = arch.num_hidden_layers * d.residual * arch.hidden_size * tokens
         layer = sum(act.layer_saved(s, d).values()) + 2 * d.residual * arch.hidden_size
         final = 4 * arch.hidden_size + (8 if arch.family == "phi" else 4)
-        recompute = (d.logits * arch.vocab_size + layer) * tokens
+        recompute = d.logits * arch.vocab_size * rows + layer * tokens
         extra = max(0.0, recompute - logits_stage - final * tokens)
         detail = (f"checkpointing: {arch.num_hidden_layers} layer inputs x {s.micro_batch_size} x {s.seq_len} x "
                   f"{d.residual * arch.hidden_size / 1024:.1f} KiB, and one layer recomputed in the backward pass "
@@ -108,8 +110,8 @@ def _step_terms(s: Setup):
         activations = Term("activations", "activations", kept + final * tokens + extra + shared, detail)
     cast = act.head_cast_bytes(s)
     logits = Term("logits", "logits and loss", logits_stage,
-                  f"{tokens:,} tokens x {arch.vocab_size:,} vocab x {act.logits_per_token(s) / arch.vocab_size:.0f} B"
-                  f" (logits {d.logits} B, fp32 log-softmax and two fp32 gradients)"
+                  f"{rows:,} tokens x {arch.vocab_size:,} vocab x {act.logits_per_token(s) / arch.vocab_size:.0f} B"
+                  f" (logits {d.logits} B, fp32 log-softmax and two fp32 gradients){_chunk_note(s)}"
                   + (f" + a {cast / 2**20:.0f} MiB 16-bit copy of the fp32 output head" if cast else ""))
     return activations, logits
 
@@ -123,7 +125,11 @@ def _dora_transient(s: Setup) -> float:
 
 
 def _eval_activations(s: Setup) -> float:
-    return act.eval_per_token(s) * s.eval_batch * s.seq_len
+    return act.eval_bytes(s, s.eval_batch * s.seq_len)
+
+
+def _chunk_note(s: Setup) -> str:
+    return f"; chunked loss, {s.loss_chunk_tokens:,} tokens a chunk" if s.loss_chunk_tokens else ""
 
 
 def _overhead(s: Setup, terms: List[Term]) -> Term:

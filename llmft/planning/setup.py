@@ -6,6 +6,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from omegaconf import DictConfig, OmegaConf
 
+from llmft.hardware import resolve_precision
 from llmft.planning.arch import Arch, Linear, find_arch
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -54,6 +55,7 @@ class Setup:
     seq_len: int = 512
     gradient_checkpointing: bool = False
     attn_implementation: str = "sdpa"
+    loss_chunk_tokens: int = 0               # trainer.loss_chunk_tokens: the chunked loss (llmft.loss); 0: full logits
     optimizer: str = "torch.optim.AdamW"
     optimizer_kwargs: Tuple[Tuple[str, Any], ...] = ()
     eval_batch_size: int = 0                 # the perplexity evaluator's batch; 0: none
@@ -123,11 +125,13 @@ def setup_from_cfg(cfg: DictConfig) -> Setup:
         lora=LoraSpec(r=int(lora["r"]), target_modules=targets if isinstance(targets, str) else tuple(targets),
                       lora_dropout=float(lora.get("lora_dropout", 0.0)), use_dora=bool(lora.get("use_dora")),
                       bias=str(lora.get("bias", "none")), modules_to_save=tuple(lora.get("modules_to_save") or ())),
-        device=hw["device"], precision=hw["precision"], quantization=quant, double_quant=double,
+        device=hw["device"], precision=resolve_precision(hw["precision"], hw["device"]), quantization=quant,
+        double_quant=double,
         micro_batch_size=int(hw["micro_batch_size"]),
         gradient_accumulation_steps=int(hw["gradient_accumulation_steps"]),
         seq_len=int(data["data"]["max_seq_length"]), gradient_checkpointing=bool(hw["gradient_checkpointing"]),
         attn_implementation=str(model.get("attn_implementation", "sdpa")),
+        loss_chunk_tokens=int(data["trainer"].get("loss_chunk_tokens") or 0),
         optimizer=str(optimizer.pop("_target_")),
         optimizer_kwargs=tuple(sorted((k, v) for k, v in optimizer.items() if not k.startswith("_"))),
         budget_gb=float(hw["memory_budget_gb"]), profile=str(hw["name"]), **_eval_settings(data))

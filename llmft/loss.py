@@ -1,0 +1,126 @@
+"""The next-token loss without the full logits: the output projection and cross-entropy run over the labelled
+positions only, a chunk of tokens at a time.
+
+How the hidden states are obtained. The model is called through its top-level ``forward`` (so that the hooks of a
+DDP wrapper, of accelerate's autocast and of peft all run), with a forward pre-hook on the output layer
+(``get_output_embeddings()``, i.e. ``lm_head``). The hook keeps the tensor that the model was about to project -
+by construction the post-norm last hidden state, whatever the architecture calls its final norm (``norm`` in
+llama/qwen2/phi3, ``final_layernorm`` in phi) - and hands the output layer an empty slice of it instead, so the
+model's own ``[batch, sequence, vocabulary]`` logits are never computed. This was preferred over
+``output_hidden_states=True``: in transformers 5.x the recorded hidden states are the decoder layers' outputs, so
+the last one's normalisation depends on the model's recording rules, and in evaluation (no autograd graph) all
+layers' states would be kept alive for nothing.
+
+Each chunk's logits are then recomputed in the backward pass (``torch.utils.checkpoint``), so no more than one
+chunk's ``[chunk, vocabulary]`` float32 logits (and their gradient) exist at any time, forward or backward. The
+output layer is called as a module, so a bias (phi-2), tied embeddings, a LoRA-adapted ``lm_head`` or a
+quantized one behave exactly as in the model's own forward. What the model's forward does after ``lm_head`` is
+reproduced per model type (``HEAD_TRANSFORMS``); a model type not listed there is refused.
+"""
+
+import contextlib
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from accelerate.utils import extract_model_from_parallel
+from torch.utils.checkpoint import checkpoint
+
+from llmft.data.tokenize import IGNORE_INDEX
+from llmft.errors import ConfigError
+
+PLAIN_HEADS = {"llama", "mistral", "qwen2", "qwen3", "phi", "phi3", "gemma", "smollm3", "olmo", "olmo2",
+               "starcoder2", "stablelm"}
+
+
+def _softcap(config) -> Callable[[torch.Tensor], torch.Tensor]:
+    cap = config.final_logit_softcapping
+    return (lambda x: x) if cap is None else (lambda x: torch.tanh(x / cap) * cap)
+
+
+# model_type -> the function of the config that the CausalLM forward applies to lm_head's output
+# (transformers 5.x modeling_<type>.py, read line by line)
+HEAD_TRANSFORMS: Dict[str, Callable] = {
+    **{t: lambda config: (lambda x: x) for t in PLAIN_HEADS},
+    "gemma2": _softcap, "gemma3_text": _softcap,
+    "cohere": lambda config: (lambda x: x * config.logit_scale),
+    "cohere2": lambda config: (lambda x: x * config.logit_scale),
+    "granite": lambda config: (lambda x: x / config.logits_scaling),
+}
+
+
+def head_transform(config) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What the model's forward applies to the output layer's logits (soft-capping, scaling, or nothing).
+
+    Raises:
+        ConfigError: a model type whose forward has not been checked for what follows ``lm_head``.
+    """
+    model_type = getattr(config, "model_type", None)
+    if model_type not in HEAD_TRANSFORMS:
+        raise ConfigError(
+            f"the chunked loss does not know what a '{model_type}' model does to its logits after lm_head "
+            f"(soft-capping or scaling would change the loss). Known model types: {', '.join(sorted(HEAD_TRANSFORMS))}. "
+            "Add the type to llmft.loss.HEAD_TRANSFORMS after reading its modeling file, or use a listed model.")
+    return HEAD_TRANSFORMS[model_type](config)
+
+
+@contextlib.contextmanager
+def _capture_head_input(head: torch.nn.Module):
+    """While open, the output layer's input is stored in the yielded dict and the layer gets an empty slice."""
+    captured: Dict[str, torch.Tensor] = {}
+
+    def hook(module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("input")
+        captured["hidden"] = hidden
+        return (hidden[..., :0, :],) + tuple(args[1:]), kwargs
+
+    handle = head.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def _chunk_loss(head: torch.nn.Module, transform: Callable, hidden: torch.Tensor,
+                targets: torch.Tensor) -> torch.Tensor:
+    logits = transform(head(hidden)).float()
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+def lm_loss_sum(model: torch.nn.Module, batch: Dict[str, torch.Tensor],
+                chunk_tokens: int = 2048) -> Tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over the labelled positions of a batch, and the number of those positions.
+
+    Args:
+        model: a causal LM (a peft ``PeftModel``, possibly wrapped by accelerate/DDP).
+        batch: ``input_ids`` and ``labels`` (-100: not trained) ``[batch, length]``, with ``attention_mask``
+            (a padded batch) or ``position_ids`` (a packed batch, positions restarting at each record).
+        chunk_tokens: labelled positions projected to the vocabulary at once.
+
+    Returns:
+        The summed loss (a scalar that backpropagates when grad is enabled) and the count of labelled positions;
+        divide the first by the second (or by a window's count) for the mean.
+    """
+    if chunk_tokens < 1:
+        raise ConfigError(f"loss_chunk_tokens must be at least 1, got {chunk_tokens}.")
+    inner = extract_model_from_parallel(model, keep_fp32_wrapper=True)
+    head = inner.get_output_embeddings()
+    transform = head_transform(inner.config)
+    labels = batch["labels"]
+    keep = labels[:, 1:] != IGNORE_INDEX  # position t is kept when token t+1 is labelled
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if batch.get(k) is not None}
+    with _capture_head_input(head) as captured:
+        model(**inputs, use_cache=False)
+    hidden = captured["hidden"][:, :-1][keep]
+    targets = labels[:, 1:][keep]
+    total: Optional[torch.Tensor] = None
+    for start in range(0, targets.numel(), chunk_tokens):
+        h, y = hidden[start:start + chunk_tokens], targets[start:start + chunk_tokens]
+        if torch.is_grad_enabled() and h.requires_grad:
+            part = checkpoint(_chunk_loss, head, transform, h, y, use_reentrant=False)
+        else:
+            part = _chunk_loss(head, transform, h, y)
+        total = part if total is None else total + part
+    if total is None:  # nothing labelled: a zero that still belongs to the graph
+        total = hidden.float().sum() * 0.0
+    return total, int(targets.numel())
