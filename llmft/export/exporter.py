@@ -15,7 +15,13 @@ import torch
 
 from llmft.errors import LlmftError
 from llmft.export.card import model_card
-from llmft.export.probes import max_logit_difference, probe_batch
+from llmft.data.templates import use_chat_template
+from llmft.evaluation.generation import generate
+from llmft.export.gguf_export import ANSWER_TOKENS, export_gguf
+from llmft.export.gguf_export import TOLERANCE as GGUF_TOLERANCE
+from llmft.export.gguf_writer import check_supported
+from llmft.export.parity import sample_conversation
+from llmft.export.probes import Probes, held_aside, max_logit_difference, probe_batch, validation_records
 from llmft.runs import FinishedRun, load_with_adapter, open_run
 
 log = logging.getLogger(__name__)
@@ -27,7 +33,8 @@ class ExportError(LlmftError):
 
 
 def export_run(folder: str, out: Optional[str] = None, merge: bool = False, force: bool = False,
-               dtype: str = "float32", tolerance: Optional[float] = None) -> Path:
+               dtype: str = "float32", tolerance: Optional[float] = None, gguf: Optional[str] = None,
+               gguf_tolerance: Optional[float] = None) -> Path:
     """Export the run in ``folder`` to ``out`` (default ``RUN/export``); returns ``out``.
 
     Args:
@@ -37,9 +44,14 @@ def export_run(folder: str, out: Optional[str] = None, merge: bool = False, forc
         force: replace an existing export.
         dtype: ``float32``, ``bfloat16`` or ``float16`` for the merged weights.
         tolerance: the largest max-abs logit difference accepted between the merged model and base + adapter.
+        gguf: also write ``gguf/model.gguf`` of this type (``f32``, ``f16``, ``bf16``, ``q8_0``), with a
+            Modelfile, checked by transformers' GGUF reader (:mod:`llmft.export.gguf_export`).
+        gguf_tolerance: the largest logit difference, relative to the logit range, accepted for the GGUF.
 
     Raises:
         ExportError: the export exists, or the merged model's logits differ beyond ``tolerance``.
+        GGUFError: the model cannot be written as GGUF, or the file failed its check.
+        ParityError: the inference prompt or the stop tokens differ from training's.
     """
     run = open_run(folder)
     target = Path(out).expanduser() if out else run.folder / "export"
@@ -48,10 +60,13 @@ def export_run(folder: str, out: Optional[str] = None, merge: bool = False, forc
                           "to write somewhere else; nothing was written.")
     if dtype not in TOLERANCE:
         raise ExportError(f"--dtype {dtype} is not supported: choose one of {', '.join(TOLERANCE)}.")
+    if gguf is not None and gguf not in GGUF_TOLERANCE:
+        raise ExportError(f"--gguf {gguf} is not a type llmft writes: choose one of {', '.join(GGUF_TOLERANCE)}.")
     staging = target.parent / f".{target.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        report = _write(run, staging, merge, dtype, TOLERANCE[dtype] if tolerance is None else tolerance)
+        tolerance = TOLERANCE[dtype] if tolerance is None else tolerance
+        report = _write(run, staging, merge, dtype, tolerance, gguf, gguf_tolerance)
         (staging / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
         if target.exists():
             shutil.rmtree(target)
@@ -61,27 +76,49 @@ def export_run(folder: str, out: Optional[str] = None, merge: bool = False, forc
     return target
 
 
-def _write(run: FinishedRun, staging: Path, merge: bool, dtype: str, tolerance: float) -> dict:
+def _write(run: FinishedRun, staging: Path, merge: bool, dtype: str, tolerance: float, gguf: Optional[str],
+           gguf_tolerance: Optional[float]) -> dict:
     eval_report = run.folder / "eval_report.json"
     report_data = json.loads(eval_report.read_text()) if eval_report.is_file() else None
     shutil.copytree(run.adapter, staging / "adapter")
     (staging / "adapter" / "README.md").write_text(model_card(run.cfg, run.summary, report_data, dtype))
     report = {"run": str(run.folder), "base_model": run.cfg.model.name_or_path, "adapter": "adapter",
               "quantization": None if run.cfg.quantization is None else dict(run.cfg.quantization)}
-    if merge:
-        report.update(_merge(run, staging, dtype, tolerance))
+    if merge or gguf:
+        report.update(_full_model(run, staging, merge, dtype, tolerance, gguf, gguf_tolerance))
     return report
 
 
-def _merge(run: FinishedRun, staging: Path, dtype: str, tolerance: float) -> dict:
+def _full_model(run: FinishedRun, staging: Path, merge: bool, dtype: str, tolerance: float, gguf: Optional[str],
+                gguf_tolerance: Optional[float]) -> dict:
+    """Merge the adapter into the float32 base; write and check ``merged/`` and/or ``gguf/``."""
+    model, loaded = load_with_adapter(run, quantized=False, dtype="float32", adapter=staging / "adapter")
+    tokenizer = loaded.tokenizer
+    if gguf:
+        check_supported(model.config)  # before the slow part
+    use_chat_template(tokenizer, run.cfg.data.fallback_template)
+    batch = probe_batch(run, tokenizer)
+    probes = Probes(batch=batch, reference=_logits(model, batch))
+    if gguf:
+        probes.prompts, probes.system_prompt = held_aside(run)
+        probes.adapter_answers = generate(model, tokenizer, probes.prompts, max_new_tokens=ANSWER_TOKENS)
+        probes.conversation = sample_conversation(probes.system_prompt, validation_records(run))
+    merged = model.merge_and_unload()
+    figures = {}
+    if gguf:
+        figures.update(export_gguf(merged, tokenizer, staging / "gguf", gguf, probes, run.cfg.model.name_or_path,
+                                   gguf_tolerance))
+    if merge:  # after the GGUF: saving in 16-bit casts the model in place
+        figures.update(_merge(run, merged, tokenizer, staging, probes, dtype, tolerance))
+    return figures
+
+
+def _merge(run: FinishedRun, merged, tokenizer, staging: Path, probes: Probes, dtype: str, tolerance: float) -> dict:
     from transformers import AutoModelForCausalLM
 
-    model, loaded = load_with_adapter(run, quantized=False, dtype="float32", adapter=staging / "adapter")
-    batch = probe_batch(run, loaded.tokenizer)
-    reference = _logits(model, batch)
-    merged = model.merge_and_unload()
+    batch, reference = probes.batch, probes.reference
     merged.to(getattr(torch, dtype)).save_pretrained(staging / "merged")
-    loaded.tokenizer.save_pretrained(staging / "merged")
+    tokenizer.save_pretrained(staging / "merged")
     reloaded = AutoModelForCausalLM.from_pretrained(staging / "merged", dtype=torch.float32)
     difference = max_logit_difference(reference, _logits(reloaded, batch), batch["attention_mask"])
     figures = {"merged": "merged", "merged_dtype": dtype, "probe_tokens": int(batch["attention_mask"].sum()),
