@@ -3,6 +3,9 @@
 import argparse
 import json
 import logging
+import sys
+
+import transformers
 
 from llmft.config.precheck import fail
 from llmft.errors import LlmftError
@@ -26,6 +29,8 @@ def main(argv=None) -> None:
     parser.add_argument("--gguf-tolerance", type=float,
                         help="max GGUF logit difference / logit range accepted (default per type)")
     args = parser.parse_args(argv)
+    if not sys.stderr.isatty():  # in a log file, progress bars are noise: keep the plain lines
+        transformers.utils.logging.disable_progress_bar()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     try:
         out = export_run(args.run_dir, args.out, args.merge, args.force, args.dtype, args.tolerance, args.gguf,

@@ -37,6 +37,7 @@ def vocab_writer(tokenizer, vocab_size: int, eot_id: Optional[int]) -> Callable[
     with tempfile.TemporaryDirectory(prefix="llmft-gguf-tokenizer-") as folder:
         tokenizer.save_pretrained(folder)
         special = gguf.SpecialVocab(Path(folder), load_merges=True, n_vocab=vocab_size)
+    special.load_merges = bool(special.merges)  # no merges is this vocabulary's nature, not a loading failure
     tokens, types = token_table(tokenizer, vocab_size)
     pre = pre_tokenizer_name(spec.get("pre_tokenizer"))
 

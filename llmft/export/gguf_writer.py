@@ -6,6 +6,7 @@ tensor names come from ``gguf``'s name map for the architecture, and the weights
 metadata is written by :mod:`llmft.export.gguf_vocab`.
 """
 
+import logging
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Tuple
 
@@ -15,6 +16,7 @@ import torch
 
 from llmft.errors import LlmftError
 
+logging.getLogger("gguf.gguf_writer").setLevel(logging.WARNING)  # its INFO lines: endianness, tensor counts
 ARCHITECTURES = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}
 TYPES = {  # --gguf choice: (tensor type of matrices, file type written to general.file_type)
     "f32": (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
