@@ -197,6 +197,8 @@ def main(argv=None) -> None:
     parser.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default: the run's, or 256)")
     parser.add_argument("--temperature", type=float, help="0 for greedy (default: the run's setting)")
     args = parser.parse_args(argv)
+    if args.max_new_tokens is not None and args.max_new_tokens < 1 or (args.temperature or 0) < 0:
+        parser.error("--max-new-tokens must be at least 1 and --temperature at least 0 (0: greedy)")
     logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     import transformers
 

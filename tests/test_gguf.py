@@ -8,9 +8,12 @@ import sys
 import gguf
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PhiConfig, Qwen2Config, Qwen2ForCausalLM
+from tokenizers import Tokenizer, models
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PhiConfig, Qwen2Config, Qwen2ForCausalLM
+from transformers import PreTrainedTokenizerFast
 
 from llmft.export import export_run
+from llmft.export.gguf_export import _check_tokenizer
 from llmft.export.gguf_vocab import vocab_writer
 from llmft.export.gguf_writer import GGUFError, check_supported, write_gguf
 from llmft.export.parity import ParityError, check_parity, sample_conversation
@@ -99,9 +102,9 @@ def test_an_unsupported_architecture_or_tokenizer_is_refused_in_one_paragraph():
                                           "original_max_position_embeddings": 8192})  # Llama 3.2's
     with pytest.raises(GGUFError, match="RoPE scaling 'llama3'"):
         check_supported(llama3)
-    phi3 = AutoTokenizer.from_pretrained(realdata("tokenizers", "phi-3-mini"))
-    with pytest.raises(GGUFError, match="byte-level BPE .* SentencePiece-style"):
-        vocab_writer(phi3, len(phi3), None)
+    word_level = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, "<unk>")))
+    with pytest.raises(GGUFError, match="byte-level .* SentencePiece-style .* this one is WordLevel"):
+        vocab_writer(word_level, 2, None)
 
 
 def test_parity_shows_both_token_sequences_when_inference_and_training_part():
@@ -112,3 +115,27 @@ def test_parity_shows_both_token_sequences_when_inference_and_training_part():
         check_parity(tokenizer, conversation, [tokenizer.eos_token_id])
     with pytest.raises(ParityError, match=r"<\|im_end\|> \(151645\) .* not among the generation stop tokens"):
         check_parity(tokenizer, sample_conversation(), [tokenizer.pad_token_id])
+
+
+def test_a_sentencepiece_vocabulary_round_trips_and_the_check_catches_what_gguf_cannot_say(tmp_path):
+    """Phi-3's Llama vocabulary (byte fallback, like TinyLlama's): text and weights read back exactly; its chat
+    markers strip the newline after them (``rstrip``), which GGUF cannot express, and the check says so."""
+    tokenizer = AutoTokenizer.from_pretrained(realdata("tokenizers", "phi-3-mini"))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32064, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2)).eval()
+    write_gguf(model, tmp_path / "p.gguf", "f32", "tiny-spm", vocab_writer(tokenizer, 32064, 32007))
+    meta = fields(tmp_path / "p.gguf")
+    assert meta["tokenizer.ggml.model"] == "llama" and meta["tokenizer.ggml.token_type"][3:6] == [6, 6, 6]  # bytes
+    assert meta["tokenizer.ggml.eot_token_id"] == 32007 and meta["tokenizer.ggml.add_space_prefix"] is True
+    reader = AutoTokenizer.from_pretrained(tmp_path, gguf_file="p.gguf")
+    for text in ["Héllo  wörld\n\n 12345 你好", " a leading space", "tabs\tand <0x0A> literally"]:
+        assert reader(text, add_special_tokens=False)["input_ids"] == tokenizer(text, add_special_tokens=False)[
+            "input_ids"], text
+    back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="p.gguf", dtype=torch.float32).eval()
+    ids = torch.tensor([[5, 100, 2000, 29871, 32007]])
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, model(ids).logits)
+    empty = {"input_ids": torch.zeros((0, 1), dtype=torch.long), "attention_mask": torch.zeros((0, 1))}
+    with pytest.raises(GGUFError, match=r"encodes '<\|system\|>.* differently .* from token 1: run \[\d+"):
+        _check_tokenizer(tokenizer, reader, empty, sample_conversation("Be brief."))

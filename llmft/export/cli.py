@@ -29,6 +29,8 @@ def main(argv=None) -> None:
     parser.add_argument("--gguf-tolerance", type=float,
                         help="max GGUF logit difference / logit range accepted (default per type)")
     args = parser.parse_args(argv)
+    if args.gguf_tolerance is not None and args.gguf is None:
+        parser.error("--gguf-tolerance applies to a GGUF export: add --gguf TYPE")
     if not sys.stderr.isatty():  # in a log file, progress bars are noise: keep the plain lines
         transformers.utils.logging.disable_progress_bar()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")

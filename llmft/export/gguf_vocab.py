@@ -1,4 +1,5 @@
-"""The tokenizer in GGUF metadata: a byte-level BPE vocabulary (``tokenizer.ggml.model = gpt2``).
+"""The tokenizer in GGUF metadata: byte-level BPE (``tokenizer.ggml.model = gpt2``: SmolLM2, Llama 3, Qwen2) or
+SentencePiece-style BPE with byte fallback (``llama``: TinyLlama, scores in vocabulary order).
 
 Tokens and their types (control for special tokens, user-defined for other added ones, unused for the rows of
 the embedding past the vocabulary) come from the tokenizer itself; the merges, the BOS/EOS/pad ids, the
@@ -8,6 +9,7 @@ the EOS, so that llama.cpp stops there too.
 """
 
 import json
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional
@@ -17,6 +19,7 @@ from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKEN
 
 from llmft.export.gguf_writer import GGUFError
 
+BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # SentencePiece's byte-fallback pieces
 SPLIT_NAMES = {regex: name for name, regex in reversed(GGUF_PRE_TOKENIZER_SPLITS.items())}
 
 
@@ -24,29 +27,25 @@ def vocab_writer(tokenizer, vocab_size: int, eot_id: Optional[int]) -> Callable[
     """A function that adds ``tokenizer``'s metadata to a ``GGUFWriter``, padded to ``vocab_size`` tokens.
 
     Raises:
-        GGUFError: a tokenizer that is not byte-level BPE (a SentencePiece vocabulary, for instance).
+        GGUFError: a tokenizer that is neither byte-level BPE nor SentencePiece-style BPE.
     """
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    model, decoder = spec.get("model") or {}, spec.get("decoder") or {}
-    if model.get("type") != "BPE" or model.get("byte_fallback") or "ByteLevel" not in json.dumps(decoder):
-        raise GGUFError(
-            f"GGUF export writes byte-level BPE tokenizers (SmolLM2, Llama 3, Qwen2), and this one is "
-            f"{model.get('type')} with a {decoder.get('type')} decoder (a SentencePiece-style vocabulary such as "
-            "TinyLlama's or Phi-3's). Export the merged model (llmft-export RUN --merge) and convert it with "
-            "llama.cpp's convert_hf_to_gguf.py; nothing was written.")
+    kind = tokenizer_kind(spec)
     with tempfile.TemporaryDirectory(prefix="llmft-gguf-tokenizer-") as folder:
         tokenizer.save_pretrained(folder)
         special = gguf.SpecialVocab(Path(folder), load_merges=True, n_vocab=vocab_size)
     special.load_merges = bool(special.merges)  # no merges is this vocabulary's nature, not a loading failure
     tokens, types = token_table(tokenizer, vocab_size)
-    pre = pre_tokenizer_name(spec.get("pre_tokenizer"))
 
     def add(writer: gguf.GGUFWriter) -> None:
-        writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre(pre)
+        writer.add_tokenizer_model(kind)
+        writer.add_tokenizer_pre(pre_tokenizer_name(spec.get("pre_tokenizer")) if kind == "gpt2" else "default")
         writer.add_token_list(tokens)
         writer.add_token_types(types)
-        if not special.merges:  # a vocabulary with no merges: readers then rebuild them from scores (none)
+        if kind == "llama":  # SentencePiece ranks pieces by score: the vocabulary's order
+            writer.add_token_scores([-float(i) if t == gguf.TokenType.NORMAL else 0.0 for i, t in enumerate(types)])
+            writer.add_add_space_prefix(adds_space_prefix(spec))
+        elif not special.merges:  # a vocabulary with no merges: readers then rebuild them from scores (none)
             writer.add_token_scores([0.0] * len(tokens))
         special.add_to_gguf(writer, quiet=True)
         if "bos" not in special.add_special_token:
@@ -55,6 +54,20 @@ def vocab_writer(tokenizer, vocab_size: int, eot_id: Optional[int]) -> Callable[
             writer.add_eot_token_id(eot_id)
 
     return add
+
+
+def tokenizer_kind(spec: dict) -> str:
+    """``gpt2`` for byte-level BPE, ``llama`` for SentencePiece-style BPE (byte fallback); else ``GGUFError``."""
+    model, decoder = spec.get("model") or {}, spec.get("decoder") or {}
+    if model.get("type") == "BPE" and not model.get("byte_fallback") and "ByteLevel" in json.dumps(decoder):
+        return "gpt2"
+    if model.get("type") == "BPE" and model.get("byte_fallback"):
+        return "llama"
+    raise GGUFError(
+        f"GGUF export writes BPE tokenizers - byte-level (SmolLM2, Llama 3, Qwen2) or SentencePiece-style with "
+        f"byte fallback (TinyLlama) - and this one is {model.get('type')} with a {decoder.get('type')} decoder. "
+        "Export the merged model (llmft-export RUN --merge) and convert it with llama.cpp's "
+        "convert_hf_to_gguf.py; nothing was written.")
 
 
 def token_table(tokenizer, vocab_size: int):
@@ -69,7 +82,8 @@ def token_table(tokenizer, vocab_size: int):
             types.append(gguf.TokenType.UNUSED)
         else:
             tokens.append(token)
-            types.append(gguf.TokenType.NORMAL if i not in added else
+            types.append(gguf.TokenType.BYTE if BYTE_TOKEN.fullmatch(token) and i not in added else
+                         gguf.TokenType.NORMAL if i not in added else
                          gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
     return tokens, types
 
@@ -87,6 +101,12 @@ def pre_tokenizer_name(pre: Optional[dict]) -> str:
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
         return "gpt2"
     return "default"
+
+
+def adds_space_prefix(spec: dict) -> bool:
+    """Whether SentencePiece-style text starts with the word-boundary mark (Metaspace, or a Prepend normalizer)."""
+    text = json.dumps([spec.get("pre_tokenizer"), spec.get("normalizer")])
+    return '"prepend_scheme": "first"' in text or '"prepend_scheme": "always"' in text or '"Prepend"' in text
 
 
 def adds_bos(tokenizer) -> bool:
