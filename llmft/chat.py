@@ -13,7 +13,6 @@ import json
 import logging
 import sys
 import threading
-import warnings
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
@@ -102,18 +101,14 @@ def _strip(pieces: Iterator[str]) -> Iterator[str]:
 
 def load(path: str):
     """``(model, tokenizer, run config or None, has adapter)`` from a run folder, an export or a merged folder."""
-    from llmft.runs import RunFolderError, load_with_adapter, open_run
+    from llmft.export.exporter import load_quietly
+    from llmft.runs import RunFolderError, open_run
 
     folder = Path(path).expanduser()
     merged = next((f for f in (folder / "merged", folder) if (f / "config.json").is_file()), None)
     if merged is None:
         run = open_run(path)
-        # noise of libraries on the way, nothing for a user to do: bitsandbytes' optional CPU kernel package,
-        # and peft still calling a name transformers 5 deprecated
-        logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            model, loaded = load_with_adapter(run)
+        model, loaded = load_quietly(run)
         return model, loaded.tokenizer, run.cfg, True
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

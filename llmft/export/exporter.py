@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -92,17 +93,18 @@ def _write(run: FinishedRun, staging: Path, merge: bool, dtype: str, tolerance: 
 def _full_model(run: FinishedRun, staging: Path, merge: bool, dtype: str, tolerance: float, gguf: Optional[str],
                 gguf_tolerance: Optional[float]) -> dict:
     """Merge the adapter into the float32 base; write and check ``merged/`` and/or ``gguf/``."""
-    model, loaded = load_with_adapter(run, quantized=False, dtype="float32", adapter=staging / "adapter")
+    model, loaded = load_quietly(run, quantized=False, dtype="float32", adapter=staging / "adapter")
     tokenizer = loaded.tokenizer
     if gguf:
         check_supported(model.config)  # before the slow part
     use_chat_template(tokenizer, run.cfg.data.fallback_template)
-    batch = probe_batch(run, tokenizer)
+    records = validation_records(run)
+    batch = probe_batch(records, tokenizer)
     probes = Probes(batch=batch, reference=_logits(model, batch))
     if gguf:
         probes.prompts, probes.system_prompt = held_aside(run)
         probes.adapter_answers = generate(model, tokenizer, probes.prompts, max_new_tokens=ANSWER_TOKENS)
-        probes.conversation = sample_conversation(probes.system_prompt, validation_records(run))
+        probes.conversation = sample_conversation(probes.system_prompt, records)
     merged = model.merge_and_unload()
     figures = {}
     if gguf:
@@ -125,7 +127,7 @@ def _merge(run: FinishedRun, merged, tokenizer, staging: Path, probes: Probes, d
                "max_abs_logit_difference": difference, "tolerance": tolerance}
     log.info("Merged model vs base + adapter: max |logit difference| %.3g (tolerance %.3g)", difference, tolerance)
     if run.cfg.quantization is not None:
-        quantized, _ = load_with_adapter(run, quantized=True, adapter=staging / "adapter")
+        quantized, _ = load_quietly(run, quantized=True, adapter=staging / "adapter")
         figures["quantization_gap_max_abs"] = max_logit_difference(_logits(quantized, batch), reference,
                                                                    batch["attention_mask"])
     if not difference <= tolerance:
@@ -133,6 +135,15 @@ def _merge(run: FinishedRun, merged, tokenizer, staging: Path, probes: Probes, d
                           f"the tolerance {tolerance:.3g}; nothing was written. Export in float32 (--dtype float32) "
                           "or, if you accept the difference, raise --tolerance.")
     return figures
+
+
+def load_quietly(run: FinishedRun, **kwargs):
+    """``load_with_adapter`` without the noise of libraries on the way, which asks nothing of a user:
+    bitsandbytes' optional CPU kernel package, and peft calling a name transformers 5 deprecated."""
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return load_with_adapter(run, **kwargs)
 
 
 @torch.no_grad()

@@ -35,9 +35,9 @@ def validation_records(run: FinishedRun) -> list:
         return []
 
 
-def probe_batch(run: FinishedRun, tokenizer, count: int = 4) -> dict:
-    """A padded batch of chat-formatted prompts: the run's validation prompts if readable, else fixed ones."""
-    prompts = [r["messages"][:-1] for r in validation_records(run)[:count]]
+def probe_batch(records: list, tokenizer, count: int = 4) -> dict:
+    """A padded batch of chat-formatted prompts: the first validation records' prompts, else fixed ones."""
+    prompts = [r["messages"][:-1] for r in records[:count]]
     prompts = prompts or [[{"role": "user", "content": p}] for p in PROBES]
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
     features = [{"input_ids": tokenizer(t, add_special_tokens=False)["input_ids"]} for t in texts]
