@@ -19,15 +19,14 @@ from typing import Dict, Iterator, List, Optional
 from llmft.config.precheck import fail
 from llmft.errors import LlmftError
 
-log = logging.getLogger(__name__)
 HELP = "Type a message; /reset starts a new conversation, /exit (or Ctrl-D) ends. Ctrl-C stops an answer."
 
 
 class Chat:
     """A conversation with a model: the history, the generation settings, and streaming with a stop switch."""
 
-    def __init__(self, model, tokenizer, system_prompt: Optional[str], settings: Dict, adapter: bool):
-        self.model, self.tokenizer, self.settings, self.adapter = model, tokenizer, settings, adapter
+    def __init__(self, model, tokenizer, system_prompt: Optional[str], settings: Dict):
+        self.model, self.tokenizer, self.settings = model, tokenizer, settings
         self.system = [{"role": "system", "content": system_prompt}] if system_prompt else []
         self.history: List[dict] = []
         self.stopped = threading.Event()
@@ -141,7 +140,7 @@ def open_chat(args: argparse.Namespace) -> Chat:
     settings = {"max_new_tokens": args.max_new_tokens or node.get("max_new_tokens", 256), "do_sample": temperature > 0}
     if temperature > 0:
         settings.update(temperature=temperature, top_p=node.get("top_p", 1.0))
-    return Chat(model, tokenizer, system, settings, adapter)
+    return Chat(model, tokenizer, system, settings)
 
 
 def say(chat: Chat, text: str, base: bool, out=sys.stdout) -> None:
