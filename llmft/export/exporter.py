@@ -102,7 +102,7 @@ def _full_model(run: FinishedRun, staging: Path, merge: bool, dtype: str, tolera
     batch = probe_batch(records, tokenizer)
     probes = Probes(batch=batch, reference=_logits(model, batch))
     if gguf:
-        probes.prompts, probes.system_prompt = held_aside(run)
+        probes.prompts, probes.system_prompt, probes.sampling = held_aside(run)
         probes.adapter_answers = generate(model, tokenizer, probes.prompts, max_new_tokens=ANSWER_TOKENS)
         probes.conversation = sample_conversation(probes.system_prompt, records)
     merged = model.merge_and_unload()

@@ -75,7 +75,8 @@ def export_gguf(merged, tokenizer, folder: Path, qtype: str, probes: Probes, bas
                               for p, a, m, g in zip(prompts, probes.adapter_answers, merged_answers, gguf_answers)]
     report["gguf_greedy_matches"] = sum(m == g for m, g in zip(merged_answers, gguf_answers))
     style = template_style(tokenizer, probes.prompts[0] if probes.prompts else probes.conversation[:-1])
-    (folder / "Modelfile").write_text(modelfile(report["gguf_stop_tokens"], probes.system_prompt, style, {}))
+    (folder / "Modelfile").write_text(modelfile(report["gguf_stop_tokens"], probes.system_prompt, style,
+                                                        probes.sampling))
     (folder / "README.md").write_text(gguf_card(base, qtype, style, report))
     log.info("GGUF %s: %.1f MB, max |logit difference| %.3g of the range (tolerance %.3g), %d of %d greedy answers "
              "as the merged model's", qtype, report["gguf_bytes"] / 1e6, report["gguf_relative_logit_difference"],

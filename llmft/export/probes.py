@@ -23,6 +23,7 @@ class Probes:
     adapter_answers: List[str] = field(default_factory=list)
     conversation: List[dict] = field(default_factory=list)
     system_prompt: Optional[str] = None
+    sampling: dict = field(default_factory=dict)
 
 
 def validation_records(run: FinishedRun) -> list:
@@ -46,7 +47,8 @@ def probe_batch(records: list, tokenizer, count: int = 4) -> dict:
 
 
 def held_aside(run: FinishedRun, count: int = 5) -> tuple:
-    """``(conversations, system prompt)``: the run's held-aside prompts (eval.prompts), else fixed ones."""
+    """``(conversations, system prompt, sampling)``: the run's held-aside prompts (eval.prompts), else fixed ones,
+    and its generation settings in Ollama's words (temperature 0: greedy, as llmft evaluates)."""
     from llmft.evaluation.prompts import read_prompts
 
     node = run.cfg.eval.get("prompts") if run.cfg.get("eval") else None
@@ -56,7 +58,9 @@ def held_aside(run: FinishedRun, count: int = 5) -> tuple:
     except LlmftError:  # the prompt file moved since training
         prompts = PROBES
     head = [{"role": "system", "content": system}] if system else []
-    return [head + [{"role": "user", "content": p}] for p in prompts], system
+    sampling = {"temperature": node.get("temperature", 1.0), "top_p": node.get("top_p", 1.0)} \
+        if node and node.get("do_sample") else {"temperature": 0}
+    return [head + [{"role": "user", "content": p}] for p in prompts], system, sampling
 
 
 def max_logit_difference(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
