@@ -1,18 +1,23 @@
-"""``llmft-export RUN_DIR [--merge] [--out DIR] [--force] [--dtype D] [--tolerance X] [--trust-remote-code]``."""
+"""``llmft-export RUN_DIR [--merge] [--gguf TYPE] [--out DIR] [--force] [--dtype D] [--tolerance X] ...``."""
 
 import argparse
 import json
 import logging
+import sys
+
+import transformers
 
 from llmft.config.precheck import fail
 from llmft.errors import LlmftError
 from llmft.export.exporter import TOLERANCE, export_run
+from llmft.export.gguf_export import TOLERANCE as GGUF_TOLERANCE
 
 
 def main(argv=None) -> None:
     """Console script: export a finished run's adapter (and a merged model), print where and the check."""
     parser = argparse.ArgumentParser(prog="llmft-export", description="Export a finished llmft run: the adapter "
-                                     "with a model card, and with --merge a merged full model checked against it.")
+                                     "with a model card, with --merge a merged full model, with --gguf one GGUF file "
+                                     "for llama.cpp and Ollama; each checked against base + adapter.")
     parser.add_argument("run_dir", help="a completed run folder (outputs/DATE/TIME)")
     parser.add_argument("--merge", action="store_true", help="also write merged/, loadable without peft")
     parser.add_argument("--out", help="the export folder (default: RUN_DIR/export)")
@@ -21,16 +26,29 @@ def main(argv=None) -> None:
     parser.add_argument("--tolerance", type=float, help="max |logit difference| accepted (default per dtype)")
     parser.add_argument("--trust-remote-code", action="store_true", help="accept a run whose model runs its own "
                         "Python code (model.trust_remote_code); a run folder alone cannot turn it on")
+    parser.add_argument("--gguf", nargs="?", const="f16", choices=list(GGUF_TOLERANCE),
+                        help="also write gguf/model.gguf (default type f16) with an Ollama Modelfile, checked")
+    parser.add_argument("--gguf-tolerance", type=float,
+                        help="max GGUF logit difference / logit range accepted (default per type)")
     args = parser.parse_args(argv)
+    if args.gguf_tolerance is not None and args.gguf is None:
+        parser.error("--gguf-tolerance applies to a GGUF export: add --gguf TYPE")
+    if not sys.stderr.isatty():  # in a log file, progress bars are noise: keep the plain lines
+        transformers.utils.logging.disable_progress_bar()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     try:
-        out = export_run(args.run_dir, args.out, args.merge, args.force, args.dtype, args.tolerance,
-                         args.trust_remote_code)
+        out = export_run(args.run_dir, args.out, args.merge, args.force, args.dtype, args.tolerance, args.gguf,
+                         args.gguf_tolerance, args.trust_remote_code)
     except LlmftError as exc:
         fail(str(exc), code=2, program="llmft-export")
     report = json.loads((out / "export_report.json").read_text())
     check = (f"; merged check: max |logit difference| {report['max_abs_logit_difference']:.3g} "
              f"(tolerance {report['tolerance']:.3g})" if "merged" in report else "")
+    if "gguf" in report:
+        check += (f"; GGUF {report['gguf_type']} ({report['gguf_bytes'] / 1e6:.1f} MB): max |logit difference| "
+                  f"{report['gguf_relative_logit_difference']:.2g} of the range (tolerance "
+                  f"{report['gguf_tolerance']:.2g}), greedy answers as the merged model's: "
+                  f"{report['gguf_greedy_matches']} of {len(report['gguf_answers'])}")
     print(f"Exported to {out}{check}")
 
 

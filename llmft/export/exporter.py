@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -15,7 +16,13 @@ import torch
 
 from llmft.errors import LlmftError
 from llmft.export.card import model_card
-from llmft.export.probes import max_logit_difference, probe_batch
+from llmft.data.templates import use_chat_template
+from llmft.evaluation.generation import generate
+from llmft.export.gguf_export import ANSWER_TOKENS, export_gguf
+from llmft.export.gguf_export import TOLERANCE as GGUF_TOLERANCE
+from llmft.export.gguf_writer import check_supported
+from llmft.export.parity import sample_conversation
+from llmft.export.probes import Probes, held_aside, max_logit_difference, probe_batch, validation_records
 from llmft.runs import FinishedRun, load_with_adapter, open_run
 
 log = logging.getLogger(__name__)
@@ -27,7 +34,8 @@ class ExportError(LlmftError):
 
 
 def export_run(folder: str, out: Optional[str] = None, merge: bool = False, force: bool = False,
-               dtype: str = "float32", tolerance: Optional[float] = None, trust_remote_code: bool = False) -> Path:
+               dtype: str = "float32", tolerance: Optional[float] = None, gguf: Optional[str] = None,
+               gguf_tolerance: Optional[float] = None, trust_remote_code: bool = False) -> Path:
     """Export the run in ``folder`` to ``out`` (default ``RUN/export``); returns ``out``.
 
     Args:
@@ -37,10 +45,15 @@ def export_run(folder: str, out: Optional[str] = None, merge: bool = False, forc
         force: replace an existing export.
         dtype: ``float32``, ``bfloat16`` or ``float16`` for the merged weights.
         tolerance: the largest max-abs logit difference accepted between the merged model and base + adapter.
+        gguf: also write ``gguf/model.gguf`` of this type (``f32``, ``f16``, ``bf16``, ``q8_0``), with a
+            Modelfile, checked by transformers' GGUF reader (:mod:`llmft.export.gguf_export`).
+        gguf_tolerance: the largest logit difference, relative to the logit range, accepted for the GGUF.
         trust_remote_code: accept a run whose saved config sets ``model.trust_remote_code`` (its model's own code).
 
     Raises:
         ExportError: the export exists, or the merged model's logits differ beyond ``tolerance``.
+        GGUFError: the model cannot be written as GGUF, or the file failed its check.
+        ParityError: the inference prompt or the stop tokens differ from training's.
     """
     run = open_run(folder, ["model.trust_remote_code=true"] if trust_remote_code else ())
     target = Path(out).expanduser() if out else run.folder / "export"
@@ -49,10 +62,13 @@ def export_run(folder: str, out: Optional[str] = None, merge: bool = False, forc
                           "to write somewhere else; nothing was written.")
     if dtype not in TOLERANCE:
         raise ExportError(f"--dtype {dtype} is not supported: choose one of {', '.join(TOLERANCE)}.")
+    if gguf is not None and gguf not in GGUF_TOLERANCE:
+        raise ExportError(f"--gguf {gguf} is not a type llmft writes: choose one of {', '.join(GGUF_TOLERANCE)}.")
     staging = target.parent / f".{target.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        report = _write(run, staging, merge, dtype, TOLERANCE[dtype] if tolerance is None else tolerance)
+        tolerance = TOLERANCE[dtype] if tolerance is None else tolerance
+        report = _write(run, staging, merge, dtype, tolerance, gguf, gguf_tolerance)
         (staging / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
         if target.exists():
             shutil.rmtree(target)
@@ -62,27 +78,50 @@ def export_run(folder: str, out: Optional[str] = None, merge: bool = False, forc
     return target
 
 
-def _write(run: FinishedRun, staging: Path, merge: bool, dtype: str, tolerance: float) -> dict:
+def _write(run: FinishedRun, staging: Path, merge: bool, dtype: str, tolerance: float, gguf: Optional[str],
+           gguf_tolerance: Optional[float]) -> dict:
     eval_report = run.folder / "eval_report.json"
     report_data = json.loads(eval_report.read_text()) if eval_report.is_file() else None
     shutil.copytree(run.adapter, staging / "adapter")
     (staging / "adapter" / "README.md").write_text(model_card(run.cfg, run.summary, report_data, dtype))
     report = {"run": str(run.folder), "base_model": run.cfg.model.name_or_path, "adapter": "adapter",
               "quantization": None if run.cfg.quantization is None else dict(run.cfg.quantization)}
-    if merge:
-        report.update(_merge(run, staging, dtype, tolerance))
+    if merge or gguf:
+        report.update(_full_model(run, staging, merge, dtype, tolerance, gguf, gguf_tolerance))
     return report
 
 
-def _merge(run: FinishedRun, staging: Path, dtype: str, tolerance: float) -> dict:
+def _full_model(run: FinishedRun, staging: Path, merge: bool, dtype: str, tolerance: float, gguf: Optional[str],
+                gguf_tolerance: Optional[float]) -> dict:
+    """Merge the adapter into the float32 base; write and check ``merged/`` and/or ``gguf/``."""
+    model, loaded = load_quietly(run, quantized=False, dtype="float32", adapter=staging / "adapter")
+    tokenizer = loaded.tokenizer
+    if gguf:
+        check_supported(model.config)  # before the slow part
+    use_chat_template(tokenizer, run.cfg.data.fallback_template)
+    records = validation_records(run)
+    batch = probe_batch(records, tokenizer)
+    probes = Probes(batch=batch, reference=_logits(model, batch))
+    if gguf:
+        probes.prompts, probes.system_prompt, probes.sampling = held_aside(run)
+        probes.adapter_answers = generate(model, tokenizer, probes.prompts, max_new_tokens=ANSWER_TOKENS)
+        probes.conversation = sample_conversation(probes.system_prompt, records)
+    merged = model.merge_and_unload()
+    figures = {}
+    if gguf:
+        figures.update(export_gguf(merged, tokenizer, staging / "gguf", gguf, probes, run.cfg.model.name_or_path,
+                                   gguf_tolerance))
+    if merge:  # after the GGUF: saving in 16-bit casts the model in place
+        figures.update(_merge(run, merged, tokenizer, staging, probes, dtype, tolerance))
+    return figures
+
+
+def _merge(run: FinishedRun, merged, tokenizer, staging: Path, probes: Probes, dtype: str, tolerance: float) -> dict:
     from transformers import AutoModelForCausalLM
 
-    model, loaded = load_with_adapter(run, quantized=False, dtype="float32", adapter=staging / "adapter")
-    batch = probe_batch(run, loaded.tokenizer)
-    reference = _logits(model, batch)
-    merged = model.merge_and_unload()
+    batch, reference = probes.batch, probes.reference
     merged.to(getattr(torch, dtype)).save_pretrained(staging / "merged")
-    loaded.tokenizer.save_pretrained(staging / "merged")
+    tokenizer.save_pretrained(staging / "merged")
     reloaded = AutoModelForCausalLM.from_pretrained(staging / "merged", dtype=torch.float32,
                                                     trust_remote_code=bool(run.cfg.model.get("trust_remote_code")))
     difference = max_logit_difference(reference, _logits(reloaded, batch), batch["attention_mask"])
@@ -90,7 +129,7 @@ def _merge(run: FinishedRun, staging: Path, dtype: str, tolerance: float) -> dic
                "max_abs_logit_difference": difference, "tolerance": tolerance}
     log.info("Merged model vs base + adapter: max |logit difference| %.3g (tolerance %.3g)", difference, tolerance)
     if run.cfg.quantization is not None:
-        quantized, _ = load_with_adapter(run, quantized=True, adapter=staging / "adapter")
+        quantized, _ = load_quietly(run, quantized=True, adapter=staging / "adapter")
         figures["quantization_gap_max_abs"] = max_logit_difference(_logits(quantized, batch), reference,
                                                                    batch["attention_mask"])
     if not difference <= tolerance:
@@ -98,6 +137,15 @@ def _merge(run: FinishedRun, staging: Path, dtype: str, tolerance: float) -> dic
                           f"the tolerance {tolerance:.3g}; nothing was written. Export in float32 (--dtype float32) "
                           "or, if you accept the difference, raise --tolerance.")
     return figures
+
+
+def load_quietly(run: FinishedRun, **kwargs):
+    """``load_with_adapter`` without the noise of libraries on the way, which asks nothing of a user:
+    bitsandbytes' optional CPU kernel package, and peft calling a name transformers 5 deprecated."""
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return load_with_adapter(run, **kwargs)
 
 
 @torch.no_grad()

@@ -1,0 +1,216 @@
+"""``llmft-chat RUN``: talk to a fine-tuned run (or an export's merged model), and to its base beside it.
+
+It loads the run's base model and adapter with the run's chat template, system prompt and generation settings,
+checks that the prompt it builds is the prompt part of the training rendering (:mod:`llmft.export.parity`),
+and streams the answers. ``--prompt`` answers once with only the answer on stdout; without it, a multi-turn
+conversation on the terminal (``/reset``, ``/exit``). ``--compare`` answers with the base first: the same
+model with the adapter disabled, no second load. Ctrl-C stops the current answer, not the session.
+"""
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+from llmft.config.precheck import fail
+from llmft.errors import LlmftError
+
+HELP = "Type a message; /reset starts a new conversation, /exit (or Ctrl-D) ends. Ctrl-C stops an answer."
+
+
+class Chat:
+    """A conversation with a model: the history, the generation settings, and streaming with a stop switch."""
+
+    def __init__(self, model, tokenizer, system_prompt: Optional[str], settings: Dict):
+        self.model, self.tokenizer, self.settings = model, tokenizer, settings
+        self.system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        self.history: List[dict] = []
+        self.stopped = threading.Event()
+
+    def reset(self) -> None:
+        self.history = []
+
+    def stream(self, text: str, base: bool = False) -> Iterator[str]:
+        """Yield the answer to ``text`` as it is generated, stripped as ``llmft.evaluation.generate`` strips it.
+
+        With ``base``, the adapter is disabled for this answer. A turn the fine-tuned model answers to the end
+        joins the history; an interrupted one (Ctrl-C) does not.
+        """
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        from llmft.evaluation.generation import stop_token_ids
+
+        conversation = self.system + self.history + [{"role": "user", "content": text}]
+        rendered = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        inputs = self.tokenizer(rendered, return_tensors="pt", add_special_tokens=False)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs = dict(**inputs.to(next(self.model.parameters()).device), streamer=streamer,
+                      eos_token_id=stop_token_ids(self.model, self.tokenizer), pad_token_id=self.tokenizer.pad_token_id,
+                      stopping_criteria=StoppingCriteriaList([lambda *_, **__: self.stopped.is_set()]),
+                      **self.settings)
+        self.stopped.clear()
+        failure: List[BaseException] = []
+        worker = threading.Thread(target=self._generate, args=(kwargs, base, streamer, failure), daemon=True)
+        worker.start()
+        answer, completed = [], False
+        try:
+            for piece in _strip(streamer):
+                answer.append(piece)
+                yield piece
+            completed = True
+        finally:
+            if not completed:
+                self.stopped.set()  # Ctrl-C: the generation thread stops at its next token
+            worker.join()
+        if failure:
+            raise failure[0]
+        if not base:
+            self.history += [conversation[-1], {"role": "assistant", "content": "".join(answer)}]
+
+    def _generate(self, kwargs: dict, base: bool, streamer, failure: list) -> None:
+        import torch
+
+        try:
+            with torch.no_grad(), self.model.disable_adapter() if base else contextlib.nullcontext():
+                self.model.generate(**kwargs)
+        except BaseException as exc:  # raised again in the main thread, which would otherwise wait forever
+            failure.append(exc)
+            streamer.end()
+
+
+def _strip(pieces: Iterator[str]) -> Iterator[str]:
+    """The streamed text without leading and trailing whitespace, as ``llmft.evaluation.generate`` returns it."""
+    started, pending = False, ""
+    for piece in pieces:
+        piece = piece if started else piece.lstrip()
+        if not piece:
+            continue
+        started = True
+        body = piece.rstrip()
+        if body:
+            yield pending + body
+            pending = piece[len(body):]
+        else:
+            pending += piece
+
+
+def load(path: str):
+    """``(model, tokenizer, run config or None, has adapter)`` from a run folder, an export or a merged folder."""
+    from llmft.export.exporter import load_quietly
+    from llmft.runs import RunFolderError, open_run
+
+    folder = Path(path).expanduser()
+    merged = next((f for f in (folder / "merged", folder) if (f / "config.json").is_file()), None)
+    if merged is None:
+        run = open_run(path)
+        model, loaded = load_quietly(run)
+        return model, loaded.tokenizer, run.cfg, True
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
+    report = merged.parent / "export_report.json"
+    try:  # the export names its run, whose chat settings apply
+        cfg = open_run(json.loads(report.read_text())["run"]).cfg if report.is_file() else None
+    except RunFolderError:
+        cfg = None
+    return model, AutoTokenizer.from_pretrained(merged), cfg, False
+
+
+def open_chat(args: argparse.Namespace) -> Chat:
+    """Load the model named by ``args.run`` with the run's template and settings, checked for parity."""
+    from llmft.data.templates import use_chat_template
+    from llmft.evaluation.generation import stop_token_ids
+    from llmft.export.parity import check_parity, sample_conversation
+
+    model, tokenizer, cfg, adapter = load(args.run)
+    if args.compare and not adapter:
+        raise LlmftError(f"{args.run} is a merged model: there is no adapter to disable for --compare. Pass the "
+                         "run folder itself (llmft-chat RUN --compare).")
+    node = (cfg.eval.get("prompts") if cfg is not None and cfg.get("eval") else None) or {}
+    use_chat_template(tokenizer, cfg.data.fallback_template if cfg is not None else "chatml")
+    system = node.get("system_prompt") if args.system is None else (args.system or None)
+    check_parity(tokenizer, sample_conversation(system), stop_token_ids(model, tokenizer))
+    temperature = args.temperature if args.temperature is not None else \
+        (node.get("temperature", 1.0) if node.get("do_sample") else 0.0)
+    settings = {"max_new_tokens": args.max_new_tokens or node.get("max_new_tokens", 256), "do_sample": temperature > 0}
+    if temperature > 0:
+        settings.update(temperature=temperature, top_p=node.get("top_p", 1.0))
+    return Chat(model, tokenizer, system, settings)
+
+
+def say(chat: Chat, text: str, base: bool, out=sys.stdout) -> None:
+    """Stream one answer to ``out``; Ctrl-C stops it and leaves a mark."""
+    try:
+        for piece in chat.stream(text, base):
+            out.write(piece)
+            out.flush()
+    except KeyboardInterrupt:
+        out.write(" [stopped]")
+    out.write("\n")
+    out.flush()
+
+
+def converse(chat: Chat, compare: bool) -> None:
+    """The terminal conversation: one line per message, until /exit or the end of input."""
+    voices = [("base", True), ("fine-tuned", False)] if compare else [("model", False)]
+    sys.stderr.write(HELP + "\n")
+    while True:
+        sys.stderr.write("you> ")
+        sys.stderr.flush()
+        try:
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:  # at the prompt Ctrl-C clears the line; /exit or Ctrl-D ends the session
+            sys.stderr.write("\n")
+            continue
+        text = line.strip()
+        if not line or text == "/exit":
+            return
+        if text == "/reset":
+            chat.reset()
+            sys.stderr.write("(a new conversation)\n")
+        elif text:
+            for label, base in voices:
+                sys.stdout.write(f"{label}> ")
+                sys.stdout.flush()
+                say(chat, text, base)
+
+
+def main(argv=None) -> None:
+    """Console script ``llmft-chat RUN [--prompt TEXT] [--compare] [--system TEXT] [--max-new-tokens N] [--temperature T]``."""
+    parser = argparse.ArgumentParser(prog="llmft-chat", description="Talk to a fine-tuned llmft run (or an "
+                                     "export's merged model) with the run's chat template and settings.")
+    parser.add_argument("run", help="a completed run folder, an export folder, or a merged model folder")
+    parser.add_argument("--prompt", help="answer this once and exit; stdout holds only the answer")
+    parser.add_argument("--compare", action="store_true", help="answer with the base (adapter disabled) first")
+    parser.add_argument("--system", help="the system prompt (default: the run's; \"\" for none)")
+    parser.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default: the run's, or 256)")
+    parser.add_argument("--temperature", type=float, help="0 for greedy (default: the run's setting)")
+    args = parser.parse_args(argv)
+    if args.max_new_tokens is not None and args.max_new_tokens < 1 or (args.temperature or 0) < 0:
+        parser.error("--max-new-tokens must be at least 1 and --temperature at least 0 (0: greedy)")
+    logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    try:
+        chat = open_chat(args)
+    except LlmftError as exc:
+        fail(str(exc), code=2, program="llmft-chat")
+    if args.prompt is None:
+        converse(chat, args.compare)
+    elif args.compare:
+        for label, base in (("base", True), ("fine-tuned", False)):
+            sys.stdout.write(f"{label}: ")
+            say(chat, args.prompt, base)
+    else:
+        say(chat, args.prompt, False)
+
+
+if __name__ == "__main__":
+    main()

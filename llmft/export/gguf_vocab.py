@@ -1,0 +1,115 @@
+"""The tokenizer in GGUF metadata: byte-level BPE (``tokenizer.ggml.model = gpt2``: SmolLM2, Llama 3, Qwen2) or
+SentencePiece-style BPE with byte fallback (``llama``: TinyLlama, scores in vocabulary order).
+
+Tokens and their types (control for special tokens, user-defined for other added ones, unused for the rows of
+the embedding past the vocabulary) come from the tokenizer itself; the merges, the BOS/EOS/pad ids, the
+add-BOS flag and the chat template come from ``gguf.SpecialVocab`` reading the tokenizer's saved files. The
+end-of-turn token the model was trained to emit is written as ``tokenizer.ggml.eot_token_id`` when it is not
+the EOS, so that llama.cpp stops there too.
+"""
+
+import json
+import re
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+import gguf
+from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+
+from llmft.export.gguf_writer import GGUFError
+
+BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # SentencePiece's byte-fallback pieces
+SPLIT_NAMES = {regex: name for name, regex in reversed(GGUF_PRE_TOKENIZER_SPLITS.items())}
+
+
+def vocab_writer(tokenizer, vocab_size: int, eot_id: Optional[int]) -> Callable[[gguf.GGUFWriter], None]:
+    """A function that adds ``tokenizer``'s metadata to a ``GGUFWriter``, padded to ``vocab_size`` tokens.
+
+    Raises:
+        GGUFError: a tokenizer that is neither byte-level BPE nor SentencePiece-style BPE.
+    """
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    kind = tokenizer_kind(spec)
+    with tempfile.TemporaryDirectory(prefix="llmft-gguf-tokenizer-") as folder:
+        tokenizer.save_pretrained(folder)
+        special = gguf.SpecialVocab(Path(folder), load_merges=True, n_vocab=vocab_size)
+    special.load_merges = bool(special.merges)  # no merges is this vocabulary's nature, not a loading failure
+    tokens, types = token_table(tokenizer, vocab_size)
+
+    def add(writer: gguf.GGUFWriter) -> None:
+        writer.add_tokenizer_model(kind)
+        writer.add_tokenizer_pre(pre_tokenizer_name(spec.get("pre_tokenizer")) if kind == "gpt2" else "default")
+        writer.add_token_list(tokens)
+        writer.add_token_types(types)
+        if kind == "llama":  # SentencePiece ranks pieces by score: the vocabulary's order
+            writer.add_token_scores([-float(i) if t == gguf.TokenType.NORMAL else 0.0 for i, t in enumerate(types)])
+            writer.add_add_space_prefix(adds_space_prefix(spec))
+        elif not special.merges:  # a vocabulary with no merges: readers then rebuild them from scores (none)
+            writer.add_token_scores([0.0] * len(tokens))
+        special.add_to_gguf(writer, quiet=True)
+        if "bos" not in special.add_special_token:
+            writer.add_add_bos_token(adds_bos(tokenizer))
+        if eot_id is not None and eot_id != tokenizer.eos_token_id:
+            writer.add_eot_token_id(eot_id)
+
+    return add
+
+
+def tokenizer_kind(spec: dict) -> str:
+    """``gpt2`` for byte-level BPE, ``llama`` for SentencePiece-style BPE (byte fallback); else ``GGUFError``."""
+    model, decoder = spec.get("model") or {}, spec.get("decoder") or {}
+    if model.get("type") == "BPE" and not model.get("byte_fallback") and "ByteLevel" in json.dumps(decoder):
+        return "gpt2"
+    if model.get("type") == "BPE" and model.get("byte_fallback"):
+        return "llama"
+    raise GGUFError(
+        f"GGUF export writes BPE tokenizers - byte-level (SmolLM2, Llama 3, Qwen2) or SentencePiece-style with "
+        f"byte fallback (TinyLlama) - and this one is {model.get('type')} with a {decoder.get('type')} decoder. "
+        "Export the merged model (llmft-export RUN --merge) and convert it with llama.cpp's "
+        "convert_hf_to_gguf.py; nothing was written.")
+
+
+def token_table(tokenizer, vocab_size: int):
+    """Token strings (byte-level spelling; added tokens as written) and ``gguf.TokenType`` per id."""
+    added = tokenizer.added_tokens_decoder
+    spelled = tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), vocab_size))))
+    tokens, types = [], []
+    for i in range(vocab_size):
+        token = spelled[i] if i < len(spelled) else None
+        if token is None:
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        else:
+            tokens.append(token)
+            types.append(gguf.TokenType.BYTE if BYTE_TOKEN.fullmatch(token) and i not in added else
+                         gguf.TokenType.NORMAL if i not in added else
+                         gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
+    return tokens, types
+
+
+def pre_tokenizer_name(pre: Optional[dict]) -> str:
+    """llama.cpp's name for the way the text is split before BPE (``tokenizer.ggml.pre``)."""
+    steps = (pre or {}).get("pretokenizers", [pre] if pre else [])
+    kinds = [s.get("type") for s in steps]
+    for step in steps:
+        regex = (step.get("pattern") or {}).get("Regex")
+        if step.get("type") == "Split" and regex in SPLIT_NAMES:
+            return SPLIT_NAMES[regex]
+    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
+        return "smollm"
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
+        return "gpt2"
+    return "default"
+
+
+def adds_space_prefix(spec: dict) -> bool:
+    """Whether SentencePiece-style text starts with the word-boundary mark (Metaspace, or a Prepend normalizer)."""
+    text = json.dumps([spec.get("pre_tokenizer"), spec.get("normalizer")])
+    return '"prepend_scheme": "first"' in text or '"prepend_scheme": "always"' in text or '"Prepend"' in text
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts BOS before a text (llama.cpp's ``add_bos_token``)."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]

@@ -1,0 +1,142 @@
+"""llmft-export --gguf: the tiny run's GGUF read back by transformers, a tiny Qwen2 with its real tokenizer, the
+refusals, the parity check, and a failed check that leaves nothing behind."""
+
+import json
+import subprocess
+import sys
+
+import gguf
+import pytest
+import torch
+from tokenizers import Tokenizer, models
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PhiConfig, Qwen2Config, Qwen2ForCausalLM
+from transformers import PreTrainedTokenizerFast
+
+from llmft.export import export_run
+from llmft.export.gguf_export import _check_tokenizer
+from llmft.export.gguf_vocab import vocab_writer
+from llmft.export.gguf_writer import GGUFError, check_supported, write_gguf
+from llmft.export.parity import ParityError, check_parity, sample_conversation
+from tests.conftest import realdata
+from tests.test_export import tiny_run  # noqa: F401  (the module-scoped finished tiny run)
+
+
+def fields(path):
+    return {k: f.contents() for k, f in gguf.GGUFReader(path).fields.items() if not k.startswith("GGUF.")}
+
+
+@pytest.mark.parametrize("qtype", ["f32", "q8_0"])
+def test_the_tiny_runs_gguf_reads_back_with_its_tokenizer_template_and_stop_token(tiny_run, qtype):  # noqa: F811
+    out = export_run(str(tiny_run), out=str(tiny_run / f"gguf-{qtype}"), gguf=qtype)
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["gguf_relative_logit_difference"] <= report["gguf_tolerance"]
+    if qtype == "f32":
+        assert report["gguf_max_abs_logit_difference"] < 1e-5  # the same float32 weights, another reader
+    assert report["parity"]["end_of_turn"] == "<|im_end|>" and report["gguf_stop_tokens"] == ["<|im_end|>"]
+    assert len(report["gguf_answers"]) == 5 and all(a["adapter"] == a["merged"] for a in report["gguf_answers"])
+    meta = fields(out / "gguf" / "model.gguf")
+    assert meta["general.architecture"] == "llama" and meta["tokenizer.ggml.model"] == "gpt2"
+    assert len(meta["tokenizer.ggml.tokens"]) == 259 and meta["tokenizer.ggml.tokens"][:3] == [
+        "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    assert meta["tokenizer.ggml.token_type"][:4] == [3, 3, 3, 1]  # control, then normal byte tokens
+    assert (meta["tokenizer.ggml.eos_token_id"], meta["tokenizer.ggml.padding_token_id"]) == (2, 0)
+    tokenizer = AutoTokenizer.from_pretrained(out / "gguf", gguf_file="model.gguf")
+    assert "<|im_start|>" in meta["tokenizer.chat_template"] and tokenizer.eos_token == "<|im_end|>"
+    modelfile = (out / "gguf" / "Modelfile").read_text()
+    assert modelfile.startswith("FROM ./model.gguf") and 'PARAMETER stop "<|im_end|>"' in modelfile
+    assert "<|im_start|>{{ .Role }}" in modelfile and 'SYSTEM """You are a concise' in modelfile
+    assert "PARAMETER temperature 0" in modelfile  # greedy, as the run evaluated
+    assert "ollama create" in (out / "gguf" / "README.md").read_text()
+
+
+def test_q8_0_is_about_a_third_of_f32(tiny_run):  # noqa: F811
+    sizes = {q: (tiny_run / f"gguf-{q}" / "gguf" / "model.gguf") for q in ("f32", "q8_0")}
+    if not all(p.exists() for p in sizes.values()):
+        pytest.skip("needs the two exports of the test above")
+    ratio = sizes["q8_0"].stat().st_size / sizes["f32"].stat().st_size
+    assert 0.25 < ratio < 0.4, ratio
+
+
+def test_a_failed_check_writes_nothing_and_the_cli_says_why(tiny_run):  # noqa: F811
+    target = tiny_run / "never"
+    result = subprocess.run([sys.executable, "-m", "llmft.export.cli", str(tiny_run), "--gguf", "q8_0",
+                             "--gguf-tolerance", "0", "--out", str(target)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2 and "above the tolerance 0 for q8_0" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not target.exists()
+    assert not list(tiny_run.glob(".never.partial-*"))
+
+
+def test_a_tiny_qwen2_with_its_real_tokenizer_and_biases_reads_back(tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(realdata("tokenizers", "qwen2-instruct"))
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer) + 64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id)
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():  # random biases, so that a bias lost on the way shows in the logits
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_(0, 0.5)
+    conversation = sample_conversation()
+    eot = check_parity(tokenizer, conversation, [tokenizer.eos_token_id])["end_of_turn_id"]
+    write_gguf(model, tmp_path / "q.gguf", "f32", "tiny-qwen2", vocab_writer(tokenizer, config.vocab_size, eot))
+    meta = fields(tmp_path / "q.gguf")
+    assert meta["general.architecture"] == "qwen2" and meta["tokenizer.ggml.pre"] == "qwen2"
+    assert len(meta["tokenizer.ggml.tokens"]) == config.vocab_size and meta["tokenizer.ggml.token_type"][-1] == 5
+    back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="q.gguf", dtype=torch.float32).eval()
+    reader = AutoTokenizer.from_pretrained(tmp_path, gguf_file="q.gguf")
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "Héllo, wörld 12345! 你好"}], tokenize=False,
+                                         add_generation_prompt=True)
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    assert reader(text, add_special_tokens=False)["input_ids"] == ids[0].tolist()
+    with torch.no_grad():
+        assert torch.allclose(back(ids).logits, model(ids).logits, atol=1e-5)
+    assert type(back).__name__ == "Qwen2ForCausalLM" and back.model.layers[0].self_attn.q_proj.bias.abs().sum() > 0
+
+
+def test_an_unsupported_architecture_or_tokenizer_is_refused_in_one_paragraph():
+    with pytest.raises(GGUFError, match=r"architecture 'phi'.*llama and qwen2 .*--merge"):
+        check_supported(PhiConfig())
+    llama3 = LlamaConfig(rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 32.0,
+                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                          "original_max_position_embeddings": 8192})  # Llama 3.2's
+    with pytest.raises(GGUFError, match="RoPE scaling 'llama3'"):
+        check_supported(llama3)
+    word_level = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, "<unk>")))
+    with pytest.raises(GGUFError, match="byte-level .* SentencePiece-style .* this one is WordLevel"):
+        vocab_writer(word_level, 2, None)
+
+
+def test_parity_shows_both_token_sequences_when_inference_and_training_part():
+    tokenizer = AutoTokenizer.from_pretrained(realdata("tokenizers", "qwen2-instruct"))
+    # a reply that starts with a newline: "\n\n" is one token in training, "\n" alone ends the inference prompt
+    conversation = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "\nkubectl get pods"}]
+    with pytest.raises(ParityError, match=r"not the prompt part of the training rendering: inference prompt \["):
+        check_parity(tokenizer, conversation, [tokenizer.eos_token_id])
+    with pytest.raises(ParityError, match=r"<\|im_end\|> \(151645\) .* not among the generation stop tokens"):
+        check_parity(tokenizer, sample_conversation(), [tokenizer.pad_token_id])
+
+
+def test_a_sentencepiece_vocabulary_round_trips_and_the_check_catches_what_gguf_cannot_say(tmp_path):
+    """Phi-3's Llama vocabulary (byte fallback, like TinyLlama's): text and weights read back exactly; its chat
+    markers strip the newline after them (``rstrip``), which GGUF cannot express, and the check says so."""
+    tokenizer = AutoTokenizer.from_pretrained(realdata("tokenizers", "phi-3-mini"))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32064, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2)).eval()
+    write_gguf(model, tmp_path / "p.gguf", "f32", "tiny-spm", vocab_writer(tokenizer, 32064, 32007))
+    meta = fields(tmp_path / "p.gguf")
+    assert meta["tokenizer.ggml.model"] == "llama" and meta["tokenizer.ggml.token_type"][3:6] == [6, 6, 6]  # bytes
+    assert meta["tokenizer.ggml.eot_token_id"] == 32007 and meta["tokenizer.ggml.add_space_prefix"] is True
+    reader = AutoTokenizer.from_pretrained(tmp_path, gguf_file="p.gguf")
+    for text in ["Héllo  wörld\n\n 12345 你好", " a leading space", "tabs\tand <0x0A> literally"]:
+        assert reader(text, add_special_tokens=False)["input_ids"] == tokenizer(text, add_special_tokens=False)[
+            "input_ids"], text
+    back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="p.gguf", dtype=torch.float32).eval()
+    ids = torch.tensor([[5, 100, 2000, 29871, 32007]])
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, model(ids).logits)
+    empty = {"input_ids": torch.zeros((0, 1), dtype=torch.long), "attention_mask": torch.zeros((0, 1))}
+    with pytest.raises(GGUFError, match=r"encodes '<\|system\|>.* differently .* from token 1: run \[\d+"):
+        _check_tokenizer(tokenizer, reader, empty, sample_conversation("Be brief."))

