@@ -41,10 +41,12 @@ def fit_budget(cfg: DictConfig, plan: Optional[MemoryPlan]) -> Tuple[Optional[Me
         each key with its old and new value, and the plan's total before and after).
 
     Raises:
+        ModelLoadError: the plan exceeds the budget, and the model is not available here anyway.
         MemoryBudgetError: the plan exceeds the budget, and auto-fit is off or nothing fits.
     """
     if plan is None or plan.fits:
         return plan, {}
+    check_model_available(cfg)  # a model this machine cannot load is the first thing to say, not its memory
     if not cfg.hardware.preflight:
         log.warning("The plan exceeds the budget; hardware.preflight=false, so the run goes on.")
         return plan, {}
@@ -59,6 +61,19 @@ def fit_budget(cfg: DictConfig, plan: Optional[MemoryPlan]) -> Tuple[Optional[Me
              size(plan.total_bytes), size(first.plan.total_bytes))
     return first.plan, {"auto_fit": {"changed": changed, "planned_mb_before": round(plan.total_bytes / MIB, 1),
                                      "planned_mb_after": round(first.plan.total_bytes / MIB, 1)}}
+
+
+def check_model_available(cfg: DictConfig) -> None:
+    """Raise ``ModelLoadError`` if ``cfg.model`` names pretrained weights that are neither on this machine nor
+    reachable (nor convertible from the option's own GGUF fallback)."""
+    from hydra.utils import get_method
+
+    from llmft.models import load_pretrained
+    from llmft.models.hub import check_available
+
+    model = cfg.model
+    if get_method(model._target_) is load_pretrained:
+        check_available(str(model.name_or_path), model.get("revision"), model.get("gguf"), cfg.paths.cache_dir)
 
 
 def apply_changes(cfg: DictConfig, changes: Mapping[str, Any]) -> None:

@@ -1,0 +1,43 @@
+"""What a newcomer meets first (issue 14): each broken step of the first hour, reproduced."""
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from llmft.errors import ModelLoadError
+from llmft.pipeline import run
+from llmft.planning.preflight import fit_budget, plan_run
+from llmft.sweeps.callback import SweepSummary
+
+
+def test_a_model_that_is_not_here_is_reported_before_its_memory_budget(make_cfg):
+    cfg = make_cfg(["model=qwen2.5-0.5b", "hardware.memory_budget_gb=1"])  # offline: no Qwen weights here
+    plan = plan_run(cfg)
+    assert plan is not None and not plan.fits
+    with pytest.raises(ModelLoadError, match=r"Qwen/Qwen2.5-0.5B-Instruct is not in .*`hf download "):
+        fit_budget(cfg, plan)
+
+
+@pytest.mark.parametrize("choice", ["eval=perplexity", "eval=none"])
+def test_the_smoke_experiment_runs_with_another_eval(make_cfg, tmp_path, choice):
+    summary = run(make_cfg(["experiment=smoke", "trainer.max_steps=1", choice]), tmp_path)
+    assert summary["status"] == "completed"
+    assert (summary["perplexity"] is None) == (choice == "eval=none")
+
+
+def _job(folder, status):
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("- lora.r=4\n")
+    (folder / "summary.json").write_text(json.dumps({"status": status, "error": "DataError: bad"}))
+
+
+def test_a_sweep_whose_every_job_failed_exits_non_zero(tmp_path):
+    _job(tmp_path / "0", "failed")
+    _job(tmp_path / "1", "failed")
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    with pytest.raises(SystemExit) as exited:
+        SweepSummary().on_multirun_end(config)
+    assert exited.value.code == 1 and (tmp_path / "sweep_summary.md").is_file()
+    _job(tmp_path / "2", "completed")
+    SweepSummary().on_multirun_end(config)  # one completed job: the sweep succeeded
