@@ -9,6 +9,8 @@ from llmft.errors import ModelLoadError
 from llmft.pipeline import run
 from llmft.planning.preflight import fit_budget, plan_run
 from llmft.sweeps.callback import SweepSummary
+from llmft.sweeps.plots import UNSET, axis
+from llmft.sweeps.table import collect_runs, write_comparison
 
 
 def test_a_model_that_is_not_here_is_reported_before_its_memory_budget(make_cfg):
@@ -41,3 +43,21 @@ def test_a_sweep_whose_every_job_failed_exits_non_zero(tmp_path):
     assert exited.value.code == 1 and (tmp_path / "sweep_summary.md").is_file()
     _job(tmp_path / "2", "completed")
     SweepSummary().on_multirun_end(config)  # one completed job: the sweep succeeded
+
+
+def test_llmft_compare_of_a_sweep_and_a_plain_run_plots_and_shortens(tmp_path):
+    _job(tmp_path / "plain", "completed")
+    (tmp_path / "plain" / ".hydra" / "overrides.yaml").write_text("[]\n")
+    for n, lr in enumerate(("0.00012345678901234", "0.0031622776601683794")):
+        _job(tmp_path / "sweep" / str(n), "completed")
+        (tmp_path / "sweep" / str(n) / ".hydra" / "overrides.yaml").write_text(f"- trainer.learning_rate={lr}\n")
+    rows = collect_runs([str(tmp_path / "sweep"), str(tmp_path / "plain")])
+    for row, loss in zip(rows, (2.0, 1.5, 1.8)):
+        row["eval_loss"] = loss
+    paths = write_comparison(rows, tmp_path / "cmp", name="comparison")  # raised TypeError (None < float)
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| trainer.learning_rate=0.0001235 |" in table and "| (none: the defaults) |" in table
+    assert "0.00012345678901234" in (tmp_path / "cmp" / "comparison.csv").read_text()  # the CSV keeps it exact
+    assert any(p.name == "sweep_trainer.learning_rate.png" for p in paths)
+    assert axis(["0.0001", "0.001", "0.01"])[1] == "log" and axis(["256", "512"])[1] == "linear"
+    assert axis(["0.001", UNSET])[1] == "category"
