@@ -5,6 +5,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
+from llmft.config.resolvers import sample_data
 from llmft.errors import ModelLoadError
 from llmft.pipeline import run
 from llmft.planning.preflight import fit_budget, plan_run
@@ -61,3 +62,11 @@ def test_llmft_compare_of_a_sweep_and_a_plain_run_plots_and_shortens(tmp_path):
     assert any(p.name == "sweep_trainer.learning_rate.png" for p in paths)
     assert axis(["0.0001", "0.001", "0.01"])[1] == "log" and axis(["256", "512"])[1] == "linear"
     assert axis(["0.001", UNSET])[1] == "category"
+
+
+def test_llmft_prepare_reads_the_bundled_folder_as_training_does(tmp_path):
+    from llmft.data.prepare import prepare
+
+    report = prepare([sample_data("kubernetes")], str(tmp_path / "out"))  # stopped on prompts.json
+    assert report["total"]["written"] == 68 and [f["file"] for f in report["files"]] == \
+        ["kubernetes/train.jsonl", "kubernetes/val.jsonl"]

@@ -16,7 +16,7 @@ import numpy
 
 from llmft.data.convert import Collector, record_line
 from llmft.data.formats import auto
-from llmft.data.splits import data_files, display_name
+from llmft.data.splits import data_files, display_name, locate
 from llmft.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -85,7 +85,8 @@ def expand_inputs(inputs: Sequence[str], out: Path) -> List[tuple]:
         if not path.exists():
             raise DataError(f"{name} does not exist. Pass data files (.jsonl, .json, .csv, .tsv, .txt) or folders.")
         if path.is_dir():
-            found = [f for f in data_files(path) if out.resolve() not in f.resolve().parents]
+            train, val, _ = locate(str(path)) if data_files(path) else ([], [], None)  # as llmft-train reads it
+            found = [f for f in train + val if out.resolve() not in f.resolve().parents]
             if not found:
                 raise DataError(f"{name} is a folder with no data files (.jsonl, .json, .csv, .tsv, .txt).")
             files += [(f, display_name(f, path.parent)) for f in found]
