@@ -1,6 +1,9 @@
 """What a newcomer meets first (issue 14): each broken step of the first hour, reproduced."""
 
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 from omegaconf import OmegaConf
@@ -70,3 +73,18 @@ def test_llmft_prepare_reads_the_bundled_folder_as_training_does(tmp_path):
     report = prepare([sample_data("kubernetes")], str(tmp_path / "out"))  # stopped on prompts.json
     assert report["total"]["written"] == 68 and [f["file"] for f in report["files"]] == \
         ["kubernetes/train.jsonl", "kubernetes/val.jsonl"]
+
+
+@pytest.mark.parametrize("make_path,message", [
+    (lambda d: d / "missing.jsonl", "does not exist"),
+    (lambda d: (d / "empty.jsonl").write_text("\n  \n") and d / "empty.jsonl", "is empty"),
+    (lambda d: (d / "folder").mkdir() or d / "folder", "folder with no data files"),
+], ids=["missing", "empty-file", "empty-folder"])
+def test_bad_data_paths_stop_in_the_precheck_before_a_run_folder(tmp_path, make_path, message):
+    path = make_path(tmp_path)
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "llmft.train", f"data.path={path}",
+                             f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+    assert time.perf_counter() - start < 15  # the ~6.5 s it took included loading torch; see the README
