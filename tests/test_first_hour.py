@@ -12,6 +12,7 @@ from llmft.config.resolvers import sample_data
 from llmft.errors import ModelLoadError
 from llmft.pipeline import run
 from llmft.planning.preflight import fit_budget, plan_run
+from llmft.quiet import NOISE
 from llmft.sweeps.callback import SweepSummary
 from llmft.sweeps.plots import UNSET, axis
 from llmft.sweeps.table import collect_runs, write_comparison
@@ -88,3 +89,17 @@ def test_bad_data_paths_stop_in_the_precheck_before_a_run_folder(tmp_path, make_
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
     assert time.perf_counter() - start < 15  # the ~6.5 s it took included loading torch; see the README
+
+
+@pytest.mark.slow
+def test_library_noise_is_filtered_at_its_source_and_hydra_verbose_shows_it(tmp_path, cache_dir):
+    def smoke(*extra):
+        return subprocess.run([sys.executable, "-m", "llmft.train", "experiment=smoke", "trainer.max_steps=1",
+                               f"paths.cache_dir={cache_dir}", f"hydra.run.dir={tmp_path / str(len(extra))}",
+                               *extra], capture_output=True, text=True, timeout=300)
+    quiet, loud = smoke(), smoke("hydra.verbose=true")
+    assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr[-2000:]
+    for _, message in NOISE:
+        assert message not in quiet.stdout + quiet.stderr
+    assert "Using default tokenizer." in loud.stdout + loud.stderr  # rouge_score, once per scored answer
+    assert "Done in" in quiet.stdout + quiet.stderr
