@@ -16,8 +16,10 @@ from llmft.config.resolvers import precision_to_dtype
 from llmft.config.validate import validate
 from llmft.data import Splits, load_splits, pad_collate, tokenize_records
 from llmft.data.templates import use_chat_template
+from llmft.environment import describe_environment
 from llmft.errors import DeviceUnavailableError
 from llmft.evaluation import EvalData, Perplexity, build_eval_report, run_evaluators, samples_markdown
+from llmft.loss_curve import draw_loss_curve
 from llmft.planning.preflight import emulate_budget, fit_budget, longest_sequence, memory_summary, plan_run
 from llmft.recording import RunRecorder, peak_memory_mb, peak_reserved_mb, reset_peak_memory
 
@@ -59,8 +61,10 @@ def run(cfg: DictConfig, output_dir, overrides: Sequence[str] = ()) -> Dict[str,
         peak, reserved = peak_memory_mb(), peak_reserved_mb()
         summary.update(duration_s=round(time.perf_counter() - start, 1), peak_memory_mb=round(peak, 1),
                        **({"peak_reserved_mb": round(reserved, 1)} if reserved else {}),
-                       **memory_summary(plan, summary, peak), output_dir=str(Path(output_dir).resolve()))
+                       **memory_summary(plan, summary, peak), output_dir=str(Path(output_dir).resolve()),
+                       environment=describe_environment())
         recorder.write_json("summary.json", summary)
+        draw_loss_curve(recorder.output_dir, summary)
         recorder.close()
         _log_outcome(summary)
     return summary
