@@ -20,7 +20,9 @@ from llmft.environment import describe_environment
 from llmft.errors import DeviceUnavailableError
 from llmft.evaluation import EvalData, Perplexity, build_eval_report, run_evaluators, samples_markdown
 from llmft.loss_curve import draw_loss_curve
-from llmft.planning.preflight import emulate_budget, fit_budget, longest_sequence, memory_summary, plan_run
+from llmft.outcome import log_answers, log_outcome
+from llmft.planning.preflight import (emulate_budget, fit_budget, longest_sequence, memory_summary, plan_run,
+                                     records_cut)
 from llmft.recording import RunRecorder, peak_memory_mb, peak_reserved_mb, reset_peak_memory
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,7 @@ def run(cfg: DictConfig, output_dir, overrides: Sequence[str] = ()) -> Dict[str,
         recorder.write_json("summary.json", summary)
         draw_loss_curve(recorder.output_dir, summary)
         recorder.close()
-        _log_outcome(summary)
+        log_outcome(summary)
     return summary
 
 
@@ -97,14 +99,16 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder) -> Dict[str, Any
     recorder.write_json("eval_report.json", report)
     (recorder.output_dir / "samples.md").write_text(samples_markdown(report, f"{loaded.name}: base vs fine-tuned"),
                                                     encoding="utf-8")
-    _log_answers(report)
+    log_answers(report, loaded.random_weights)
     model.save_pretrained(recorder.output_dir / "adapter")
     tokenizer.save_pretrained(recorder.output_dir / "adapter")
     trainable, total = model.get_nb_trainable_parameters()
     return {"model": loaded.name, "final_train_loss": result.final_loss, "train_steps": result.steps,
-            "train_records": len(train_set), "dropped_records": train_dropped, "rejected_records": splits.rejected,
+            "train_records": len(train_set), "dropped_records": train_dropped,
+            "truncated_records": records_cut(train_set, cfg.data.max_seq_length), "rejected_records": splits.rejected,
             "duplicate_records": splits.duplicates, "eval_loss": report.get("eval_loss"),
             "perplexity": report.get("perplexity"), "base_perplexity": report["base"].get("perplexity"),
+            "answer_means": report.get("answer_means"),
             "trainable_params": trainable, "total_params": total, "tokens_per_s": round(result.tokens_per_s, 1),
             "train_duration_s": round(result.duration_s, 1), "longest_sequence": longest_sequence(train_set, val_set)}
 
@@ -146,20 +150,3 @@ def _check_device(hardware: DictConfig) -> None:
         raise DeviceUnavailableError(f"hardware={hardware.name} needs CUDA, and this machine has no CUDA GPU (or torch "
                                      "was installed without CUDA). Use hardware=cpu here, or run on a machine with "
                                      "that GPU; llmft-plan shows what it would need there.")
-
-
-def _log_answers(report: dict) -> None:
-    for item in report.get("prompt_results", []):
-        log.info("Prompt: %s\n  base:       %s\n  fine-tuned: %s", item["prompt"], item["base"], item["finetuned"])
-
-
-def _log_outcome(summary: Dict[str, Any]) -> None:
-    if summary["status"] != "completed":
-        log.error("Run %s after %.0f s: %s. Run folder: %s", summary["status"], summary["duration_s"],
-                  str(summary.get("error")).rstrip("."), summary["output_dir"])
-        return
-    ppl = (f"val perplexity {summary['base_perplexity']:.2f} -> {summary['perplexity']:.2f} (base -> fine-tuned), "
-           if summary.get("perplexity") is not None else "")
-    log.info("Done in %.0f s: %strain loss %.4f, %.0f tok/s, peak memory %.0f MB. Run folder: %s",
-             summary["duration_s"], ppl, summary["final_train_loss"], summary["tokens_per_s"],
-             summary["peak_memory_mb"], summary["output_dir"])

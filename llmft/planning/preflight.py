@@ -29,7 +29,10 @@ def plan_run(cfg: DictConfig) -> Optional[MemoryPlan]:
     except ConfigError as exc:
         log.warning("No memory plan for this run: %s", exc)
         return None
-    log.info("Memory plan (llmft-plan prints the same):\n%s", format_plan(plan, [] if plan.fits else suggest(plan.setup)))
+    log.info("Memory plan for the worst case, every sequence padded to data.max_seq_length=%d (batches pad only to "
+             "their longest record, so the measured peak is usually lower; the end of the run shows both; "
+             "llmft-plan prints the same):\n%s", plan.setup.seq_len,
+             format_plan(plan, [] if plan.fits else suggest(plan.setup)))
     return plan
 
 
@@ -134,6 +137,16 @@ def longest_sequence(*datasets: Any) -> int:
     import pyarrow.compute as pc
 
     return max(int(pc.max(pc.list_value_length(ds.data.column("input_ids"))).as_py() or 0) for ds in datasets)
+
+
+def records_cut(dataset: Any, max_seq_length: int) -> int:
+    """How many records of a tokenized split ``data.max_seq_length`` cut: those with an example of that length
+    (a conversation cut there, a text cut into windows; a record exactly that long counts too)."""
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(dataset.data.column("input_ids"))
+    at_limit = pc.filter(dataset.data.column("record"), pc.greater_equal(lengths, max_seq_length))
+    return len(pc.unique(at_limit))
 
 
 def _quantization_name(cfg: DictConfig) -> Optional[str]:

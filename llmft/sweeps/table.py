@@ -9,8 +9,10 @@ import yaml
 
 from llmft.sweeps.plots import plot_against_parameters
 
+# truncated_records / dropped_records: what data.max_seq_length cut or left out (two lengths that cut nothing
+# train on the same data, so they give the same figures)
 COLUMNS = ["job", "overrides", "status", "final_train_loss", "eval_loss", "perplexity", "tokens_per_s",
-           "peak_memory_mb", "trainable_params", "duration_s", "reason"]
+           "peak_memory_mb", "trainable_params", "truncated_records", "dropped_records", "duration_s", "reason"]
 
 
 PLAIN_RUN = "(none: the defaults)"
