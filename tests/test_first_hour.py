@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from llmft.config.resolvers import sample_data
 from llmft.errors import ModelLoadError
 from llmft.pipeline import run
-from llmft.planning.preflight import fit_budget, plan_run
+from llmft.planning import plan_memory, setup_from_cfg
+from llmft.planning.preflight import plan_run
 from llmft.quiet import NOISE
 from llmft.sweeps.callback import SweepSummary
 from llmft.sweeps.plots import UNSET, axis
@@ -20,10 +21,16 @@ from llmft.sweeps.table import collect_runs, write_comparison
 
 def test_a_model_that_is_not_here_is_reported_before_its_memory_budget(make_cfg):
     cfg = make_cfg(["model=qwen2.5-0.5b", "hardware.memory_budget_gb=1"])  # offline: no Qwen weights here
-    plan = plan_run(cfg)
-    assert plan is not None and not plan.fits
     with pytest.raises(ModelLoadError, match=r"Qwen/Qwen2.5-0.5B-Instruct is not in .*`hf download "):
-        fit_budget(cfg, plan)
+        plan_run(cfg)
+    assert not plan_memory(setup_from_cfg(cfg)).fits  # the budget would have refused it first
+
+
+def test_an_overridden_model_id_is_refused_before_a_plan_from_the_options_figures(make_cfg, tmp_path):
+    cfg = make_cfg(["model.name_or_path=HuggingFaceTB/SmolLM2-360M-Instruct", "hardware.memory_budget_gb=1"])
+    with pytest.raises(ModelLoadError, match=r"offline GGUF weights are HuggingFaceTB/SmolLM2-135M-Instruct, not"):
+        run(cfg, tmp_path)
+    assert "memory_plan" not in json.loads((tmp_path / "summary.json").read_text())
 
 
 @pytest.mark.parametrize("choice", ["eval=perplexity", "eval=none"])

@@ -23,7 +23,12 @@ def plan_run(cfg: DictConfig) -> Optional[MemoryPlan]:
 
     Returns:
         The plan, or None (after a warning) when the model's architecture cannot be planned offline.
+
+    Raises:
+        ModelLoadError: the model is not on this machine and cannot be fetched: said first, before a plan made
+            from figures that may not be its own (an overridden ``model.name_or_path``) or a budget it exceeds.
     """
+    check_model_available(cfg)
     try:
         plan = plan_memory(setup_from_cfg(cfg))
     except ConfigError as exc:
@@ -44,12 +49,10 @@ def fit_budget(cfg: DictConfig, plan: Optional[MemoryPlan]) -> Tuple[Optional[Me
         each key with its old and new value, and the plan's total before and after).
 
     Raises:
-        ModelLoadError: the plan exceeds the budget, and the model is not available here anyway.
         MemoryBudgetError: the plan exceeds the budget, and auto-fit is off or nothing fits.
     """
     if plan is None or plan.fits:
         return plan, {}
-    check_model_available(cfg)  # a model this machine cannot load is the first thing to say, not its memory
     if not cfg.hardware.preflight:
         log.warning("The plan exceeds the budget; hardware.preflight=false, so the run goes on.")
         return plan, {}
