@@ -81,7 +81,10 @@ def gpu() -> Optional[Dict[str, Any]]:
 
     if not torch.cuda.is_available():
         return None
-    props = torch.cuda.get_device_properties(0)
+    try:
+        props = torch.cuda.get_device_properties(0)
+    except RuntimeError as exc:  # a broken driver: what the record (and llmft-doctor) is for
+        return {"error": str(exc), "cuda": torch.version.cuda}
     return {"name": props.name, "capability": f"{props.major}.{props.minor}",
             "memory_gib": round(props.total_memory / 2**30, 1), "count": torch.cuda.device_count(),
             "cuda": torch.version.cuda, "bf16": torch.cuda.is_bf16_supported()}

@@ -19,7 +19,8 @@ def read_metrics(path: Path) -> List[Dict[str, Any]]:
 def validation_points(rows: List[Dict[str, Any]], summary: Mapping[str, Any]) -> List[tuple]:
     """(step, validation loss): the base model's at step 0, each ``trainer.eval_every`` line, the fine-tuned
     model's at the last step."""
-    points = [(r["step"], r["eval_loss"]) for r in rows if isinstance(r.get("eval_loss"), (int, float))]
+    points = [(r["step"], r["eval_loss"]) for r in rows
+              if isinstance(r.get("eval_loss"), (int, float)) and math.isfinite(r["eval_loss"])]
     if summary.get("base_perplexity"):
         points.append((0, math.log(summary["base_perplexity"])))
     if summary.get("eval_loss") is not None and summary.get("train_steps"):
@@ -30,7 +31,9 @@ def validation_points(rows: List[Dict[str, Any]], summary: Mapping[str, Any]) ->
 def draw_loss_curve(run_dir: Path, summary: Mapping[str, Any]) -> Optional[Path]:
     """Draw ``loss_curve.png`` into ``run_dir`` from its ``metrics.jsonl``; None when no step was recorded."""
     rows = read_metrics(Path(run_dir) / "metrics.jsonl")
-    train = [(r["step"], r["loss"], r.get("learning_rate")) for r in rows if "loss" in r]
+    number = lambda v: isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731  (NaN is written "nan")
+    train = [(r["step"], r["loss"], r.get("learning_rate") if number(r.get("learning_rate")) else float("nan"))
+             for r in rows if number(r.get("loss"))]
     if not train:
         return None
     import matplotlib
@@ -49,7 +52,7 @@ def draw_loss_curve(run_dir: Path, summary: Mapping[str, Any]) -> Optional[Path]
     loss_ax.set_title(f"{summary.get('model', 'run')}: loss by optimizer step")
     loss_ax.legend(fontsize=8)
     loss_ax.grid(alpha=0.3)
-    lr_ax.plot(steps, [r if r is not None else float("nan") for r in rates], color="tab:green")
+    lr_ax.plot(steps, rates, color="tab:green")
     lr_ax.set_ylabel("learning rate")
     lr_ax.set_xlabel("optimizer step")
     lr_ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -58,3 +58,13 @@ def test_llmft_doctor_prints_the_environment_and_checks_the_install(cache_dir):
     missing = subprocess.run([sys.executable, "-m", "llmft.doctor", "model=qwen2.5-0.5b"], capture_output=True,
                              text=True, timeout=300)
     assert missing.returncode == 1 and "FAILED  offline weights: model Qwen/Qwen2.5-0.5B-Instruct" in missing.stdout
+
+
+def test_a_loss_curve_skips_non_finite_values_and_a_run_without_steps(tmp_path):
+    from llmft.loss_curve import draw_loss_curve
+
+    assert draw_loss_curve(tmp_path, {}) is None
+    lines = [{"step": 1, "loss": 2.0, "learning_rate": 0.0}, {"step": 2, "loss": "nan", "learning_rate": 1e-3},
+             {"step": 3, "loss": 1.5, "learning_rate": "inf"}, {"step": 2, "eval_loss": "nan"}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert draw_loss_curve(tmp_path, {"status": "failed"}).is_file()
