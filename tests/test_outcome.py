@@ -25,6 +25,8 @@ def test_the_report_gives_the_mean_of_each_answer_score_base_and_fine_tuned():
     assert "| chrf, mean over 5 prompts (no worse on 2) | 20.0000 | 17.0000 | -3.0000 |" in \
         samples_markdown(report, "t")
     assert answer_means([{"prompt": "p", "base": "a", "finetuned": "b", "reference": None}]) == {}
+    prompts_only = samples_markdown(build_eval_report(_answers([1.0]), _answers([2.0])), "t")  # eval=prompts
+    assert "| chrf, mean over 1 prompts (no worse on 1) | 1.0000 | 2.0000 | +1.0000 |" in prompts_only
 
 
 def test_the_end_of_run_line_puts_the_answer_means_and_the_plan_beside_perplexity(caplog):

@@ -65,18 +65,15 @@ def _prompt_results(base: Dict[str, dict], tuned: Dict[str, dict]) -> List[dict]
 def samples_markdown(report: dict, title: str) -> str:
     """A readable side-by-side of the base and fine-tuned answers, with the headline figures first."""
     lines = [f"# {title}", ""]
-    if "perplexity" in report:
+    rows = [(key, report["base"][key], report[key]) for key in ("eval_loss", "perplexity") if key in report]
+    rows += [(key, report["metrics"]["base"][key], value)
+             for key, value in report.get("metrics", {}).get("finetuned", {}).items()]
+    means = report.get("answer_means", {})
+    rows += [(f"{key}, mean over {means['prompts']} prompts (no worse on {means['no_worse'][key]})",
+              means["base"][key], value) for key, value in means.get("finetuned", {}).items()]
+    if rows:
         lines += ["| | base | fine-tuned | change |", "|---|---|---|---|"]
-        for key in ("eval_loss", "perplexity"):
-            lines.append(f"| {key} | {report['base'][key]:.4f} | {report[key]:.4f} | {report['delta'][key]:+.4f} |")
-        for key, value in report.get("metrics", {}).get("finetuned", {}).items():
-            base = report["metrics"]["base"][key]
-            lines.append(f"| {key} | {base:.4f} | {value:.4f} | {value - base:+.4f} |")
-        means = report.get("answer_means", {})
-        for key, value in means.get("finetuned", {}).items():
-            base = means["base"][key]
-            lines.append(f"| {key}, mean over {means['prompts']} prompts (no worse on {means['no_worse'][key]}) "
-                         f"| {base:.4f} | {value:.4f} | {value - base:+.4f} |")
+        lines += [f"| {key} | {base:.4f} | {tuned:.4f} | {tuned - base:+.4f} |" for key, base, tuned in rows]
         lines.append("")
     for i, row in enumerate(report.get("prompt_results", []), start=1):
         lines += [f"## {i}. {row['prompt']}", "", "**Base**", "", _quote(row["base"]), "", "**Fine-tuned**", "",
