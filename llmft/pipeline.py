@@ -20,14 +20,18 @@ from llmft.config.validate import validate
 from llmft.data import Splits, load_splits, pad_collate, tokenize_records
 from llmft.data.templates import use_chat_template
 from llmft.checkpoint import CheckpointStore
+from llmft.data.batching import epoch_batches, pack_collate
+from llmft.environment import describe_environment
 from llmft.errors import DeviceUnavailableError
 from llmft.evaluation import EvalData, Perplexity, build_eval_report, run_evaluators, samples_markdown
 from llmft.files import WriteError, atomic_write, read_json, write_json, write_manifest
-from llmft.interrupt import Interrupted
-from llmft.data.batching import epoch_batches, pack_collate
 from llmft.hardware import resolve_precision
+from llmft.interrupt import Interrupted
 from llmft.loop import Hardware
-from llmft.planning.preflight import emulate_budget, fit_budget, longest_sequence, memory_summary, plan_run
+from llmft.loss_curve import draw_loss_curve
+from llmft.outcome import log_answers, log_outcome
+from llmft.planning.preflight import (emulate_budget, fit_budget, longest_sequence, memory_summary, plan_run,
+                                      records_cut)
 from llmft.recording import RunRecorder, peak_memory_mb, peak_reserved_mb, reset_peak_memory
 from llmft.run_folder import RunFolder, check_resumable
 
@@ -98,10 +102,12 @@ def _run_in(folder: RunFolder, cfg: DictConfig, overrides: Sequence[str], resume
         peak, reserved = peak_memory_mb(cfg.hardware.device), peak_reserved_mb(cfg.hardware.device)
         summary.update(duration_s=round(time.perf_counter() - start, 1), peak_memory_mb=round(peak, 1),
                        **({"peak_reserved_mb": round(reserved, 1)} if reserved else {}),
-                       **memory_summary(plan, summary, peak), output_dir=str(folder.path.resolve()))
+                       **memory_summary(plan, summary, peak), output_dir=str(folder.path.resolve()),
+                       environment=describe_environment())
         recorder.write_json("summary.json", summary)
+        draw_loss_curve(recorder.output_dir, summary)
         recorder.close()
-        _log_outcome(summary)
+        log_outcome(summary)
     return summary
 
 
@@ -151,14 +157,16 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
     report = build_eval_report(base, tuned)
     recorder.write_json("eval_report.json", report)
     _save_outputs(recorder.output_dir, model, tokenizer, samples_markdown(report, f"{loaded.name}: base vs fine-tuned"))
-    _log_answers(report)
+    log_answers(report, loaded.random_weights)
     trainable, total = model.get_nb_trainable_parameters()
     return {"model": loaded.name, "final_train_loss": result.final_loss,
             "mean_train_loss_last_epoch": result.mean_loss_last_epoch, "train_steps": result.steps,
             "resumed_from_step": result.resumed_from_step,
-            "train_records": len(train_set), "dropped_records": train_dropped, "rejected_records": splits.rejected,
+            "train_records": len(train_set), "dropped_records": train_dropped,
+            "truncated_records": records_cut(train_set, cfg.data.max_seq_length), "rejected_records": splits.rejected,
             "duplicate_records": splits.duplicates, "eval_loss": report.get("eval_loss"),
             "perplexity": report.get("perplexity"), "base_perplexity": report["base"].get("perplexity"),
+            "answer_means": report.get("answer_means"),
             "trainable_params": trainable, "total_params": total, "tokens_per_s": round(result.tokens_per_s, 1),
             "train_duration_s": round(result.duration_s, 1), "longest_sequence": longest_sequence(train_set, val_set)}
 
@@ -244,20 +252,3 @@ def _check_device(hardware: DictConfig) -> None:
         raise DeviceUnavailableError(f"hardware={hardware.name} needs CUDA, and this machine has no CUDA GPU (or torch "
                                      "was installed without CUDA). Use hardware=cpu here, or run on a machine with "
                                      "that GPU; llmft-plan shows what it would need there.")
-
-
-def _log_answers(report: dict) -> None:
-    for item in report.get("prompt_results", []):
-        log.info("Prompt: %s\n  base:       %s\n  fine-tuned: %s", item["prompt"], item["base"], item["finetuned"])
-
-
-def _log_outcome(summary: Dict[str, Any]) -> None:
-    if summary["status"] != "completed":
-        log.error("Run %s after %.0f s: %s. Run folder: %s", summary["status"], summary["duration_s"],
-                  str(summary.get("error")).rstrip("."), summary["output_dir"])
-        return
-    ppl = (f"val perplexity {summary['base_perplexity']:.2f} -> {summary['perplexity']:.2f} (base -> fine-tuned), "
-           if summary.get("perplexity") is not None else "")
-    log.info("Done in %.0f s: %smean train loss of the last epoch %.4f, %.0f tok/s, peak memory %.0f MB. Run folder: %s",
-             summary["duration_s"], ppl, summary["mean_train_loss_last_epoch"], summary["tokens_per_s"],
-             summary["peak_memory_mb"], summary["output_dir"])

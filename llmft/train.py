@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from llmft.config import schema  # noqa: F401  (registers train_schema)
 from llmft.config.precheck import CONFIG_DIR, fail, precheck
 from llmft.errors import ConfigError, DeviceUnavailableError, LlmftError
+from llmft.quiet import quiet_libraries
 from llmft.run_folder import check_writable, resume_argv
 
 log = logging.getLogger("llmft")
@@ -23,17 +24,12 @@ log = logging.getLogger("llmft")
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
     """Run one job; returns the validation loss (what a sweeper minimises)."""
+    hydra_cfg = HydraConfig.get()
+    quiet_libraries(verbose=bool(hydra_cfg.verbose))  # before the libraries load and speak
     from llmft.pipeline import run  # torch, transformers and peft load here, after the overrides are checked
 
-    if not sys.stderr.isatty():  # in a log file, progress bars are noise: keep the plain lines
-        import datasets
-        import transformers
-
-        datasets.disable_progress_bars()
-        transformers.utils.logging.disable_progress_bar()
     from llmft.interrupt import Interrupted
 
-    hydra_cfg = HydraConfig.get()
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("resume=")]
     command = f"llmft-train -m resume={hydra_cfg.sweep.dir}" if sweeping else None

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from llmft.data.convert import Collector, record_line
 from llmft.data.datasets_io import hub_id, is_saved_dataset
 from llmft.data.formats import auto
-from llmft.data.splits import assign_splits, data_files, display_name, split_sizes
+from llmft.data.splits import assign_splits, data_files, display_name, locate, split_sizes
 from llmft.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -88,7 +88,8 @@ def expand_inputs(inputs: Sequence[str], out: Path) -> List[tuple]:
             raise DataError(f"{name} does not exist. Pass data files (.jsonl, .json, .csv, .tsv, .txt, .parquet) or "
                             "folders, save_to_disk folders or hub datasets (hf://org/name).")
         if path.is_dir():
-            found = [f for f in data_files(path) if out.resolve() not in f.resolve().parents]
+            train, val, _ = locate(str(path)) if data_files(path) else ([], [], None)  # as llmft-train reads it
+            found = [f for f in train + val if out.resolve() not in f.resolve().parents]
             if not found:
                 raise DataError(f"{name} is a folder with no data files (.jsonl, .json, .csv, .tsv, .txt, "
                                 ".parquet).")

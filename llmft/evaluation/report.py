@@ -21,7 +21,8 @@ def build_eval_report(base: Dict[str, dict], tuned: Dict[str, dict]) -> dict:
 
     Top level: the fine-tuned model's ``eval_loss``, ``perplexity``, ``num_samples``, ``total_tokens``;
     ``base``: the same for the base model; ``delta``: fine-tuned minus base; ``metrics``: reference metrics of
-    both; ``prompt_results``: each prompt with both answers, the reference and the scores of each answer.
+    both; ``prompt_results``: each prompt with both answers, the reference and the scores of each answer;
+    ``answer_means``: the mean of each answer score, base and fine-tuned (``answer_means``).
     """
     flat = lambda results: {k: v for r in results.values() for k, v in r.items() if k in FIGURES}  # noqa: E731
     metrics = lambda results: {k: v for r in results.values() for k, v in r.get("metrics", {}).items()}  # noqa: E731
@@ -31,7 +32,23 @@ def build_eval_report(base: Dict[str, dict], tuned: Dict[str, dict]) -> dict:
         report["metrics"] = {"base": metrics(base), "finetuned": metrics(tuned),
                              "delta": {k: v - metrics(base)[k] for k, v in metrics(tuned).items()}}
     report["prompt_results"] = _prompt_results(base, tuned)
+    means = answer_means(report["prompt_results"])
+    if means:
+        report["answer_means"] = means
     return report
+
+
+def answer_means(rows: List[dict]) -> dict:
+    """The mean of each per-answer score over the prompts that have a reference, base and fine-tuned, and on how
+    many prompts the fine-tuned answer scores at least as well as the base's ({} when no prompt has a reference).
+    """
+    scored = [row["scores"] for row in rows if row.get("scores")]
+    if not scored:
+        return {}
+    names = list(scored[0]["finetuned"])
+    mean = lambda side: {n: sum(s[side][n] for s in scored) / len(scored) for n in names}  # noqa: E731
+    return {"prompts": len(scored), "base": mean("base"), "finetuned": mean("finetuned"),
+            "no_worse": {n: sum(s["finetuned"][n] >= s["base"][n] for s in scored) for n in names}}
 
 
 def _prompt_results(base: Dict[str, dict], tuned: Dict[str, dict]) -> List[dict]:
@@ -48,13 +65,15 @@ def _prompt_results(base: Dict[str, dict], tuned: Dict[str, dict]) -> List[dict]
 def samples_markdown(report: dict, title: str) -> str:
     """A readable side-by-side of the base and fine-tuned answers, with the headline figures first."""
     lines = [f"# {title}", ""]
-    if "perplexity" in report:
+    rows = [(key, report["base"][key], report[key]) for key in ("eval_loss", "perplexity") if key in report]
+    rows += [(key, report["metrics"]["base"][key], value)
+             for key, value in report.get("metrics", {}).get("finetuned", {}).items()]
+    means = report.get("answer_means", {})
+    rows += [(f"{key}, mean over {means['prompts']} prompts (no worse on {means['no_worse'][key]})",
+              means["base"][key], value) for key, value in means.get("finetuned", {}).items()]
+    if rows:
         lines += ["| | base | fine-tuned | change |", "|---|---|---|---|"]
-        for key in ("eval_loss", "perplexity"):
-            lines.append(f"| {key} | {report['base'][key]:.4f} | {report[key]:.4f} | {report['delta'][key]:+.4f} |")
-        for key, value in report.get("metrics", {}).get("finetuned", {}).items():
-            base = report["metrics"]["base"][key]
-            lines.append(f"| {key} | {base:.4f} | {value:.4f} | {value - base:+.4f} |")
+        lines += [f"| {key} | {base:.4f} | {tuned:.4f} | {tuned - base:+.4f} |" for key, base, tuned in rows]
         lines.append("")
     for i, row in enumerate(report.get("prompt_results", []), start=1):
         lines += [f"## {i}. {row['prompt']}", "", "**Base**", "", _quote(row["base"]), "", "**Fine-tuned**", "",

@@ -12,11 +12,13 @@ from hydra.utils import instantiate
 
 from llmft.config.precheck import CONFIG_DIR, fail
 from llmft.errors import LlmftError
+from llmft.quiet import quiet_libraries
 
 
 def main(argv=None) -> None:
     """Load each named model option once (downloading or converting it) and print where it came from."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_libraries()
     options = (argv if argv is not None else sys.argv[1:]) or ["smollm2-135m"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfgs = {name: compose(config_name="train", overrides=[f"model={name}"]) for name in options}

@@ -16,9 +16,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmft.errors import ModelLoadError
+from llmft.model_cache import holds, record_conversion
 
 log = logging.getLogger(__name__)
-DONE_MARKER = ".llmft-converted"
 
 
 def locate_gguf(package: str, file: str) -> Path:
@@ -35,17 +35,19 @@ def locate_gguf(package: str, file: str) -> Path:
     return path
 
 
-def convert_gguf(source: Mapping[str, str], target: Path) -> Path:
-    """Convert the GGUF file to ``target`` (safetensors + tokenizer) unless a finished copy is already there.
+def convert_gguf(source: Mapping[str, str], model_id: str, target: Path) -> Path:
+    """Convert the GGUF file to ``target`` (safetensors + tokenizer) unless a finished copy of ``model_id`` is
+    already there; the copy records ``model_id``, so it is never served for another model.
 
     Args:
-        source: ``{package: import name, file: GGUF file name inside it}``.
+        source: ``{package: import name, file: GGUF file name inside it, model_id: the hub id it holds}``.
+        model_id: the model the copy holds.
         target: the folder to write.
 
     Returns:
         ``target``, a folder ``from_pretrained`` loads.
     """
-    if (target / DONE_MARKER).exists():
+    if holds(target, model_id, source):
         return target
     gguf_path = locate_gguf(source["package"], source["file"])
     log.info("Converting %s to safetensors in %s (once; later runs load the copy)", gguf_path.name, target)
@@ -63,7 +65,7 @@ def convert_gguf(source: Mapping[str, str], target: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / DONE_MARKER).write_text(str(gguf_path) + "\n")
+    record_conversion(tmp, model_id, gguf_path)
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)

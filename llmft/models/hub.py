@@ -11,7 +11,8 @@ from urllib.parse import urlparse
 from transformers import AutoConfig
 
 from llmft.errors import ModelLoadError
-from llmft.models.gguf import DONE_MARKER, convert_gguf
+from llmft.model_cache import conversion_of, converted_folder, fallback_for
+from llmft.models.gguf import convert_gguf
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ def find_source(name_or_path: str, revision: Optional[str], gguf: Optional[Mappi
     """Return a folder or hub id that ``from_pretrained`` can load without converting anything, or None.
 
     Order: a local folder; the Hugging Face cache; the hub when reachable; an earlier conversion of the model's
-    GGUF fallback. None means only the GGUF file itself (if any) has the model.
+    GGUF fallback (only if the fallback is this model's: ``llmft.model_cache.fallback_for``). None means only the
+    GGUF file itself (if any) has the model.
     """
     if Path(name_or_path).expanduser().is_dir():
         return str(Path(name_or_path).expanduser())
@@ -55,15 +57,10 @@ def find_source(name_or_path: str, revision: Optional[str], gguf: Optional[Mappi
     if hub_reachable():
         log.info("Model %s: downloading from the Hugging Face hub", name_or_path)
         return name_or_path
-    converted = converted_folder(name_or_path, cache_dir)
-    if gguf is not None and converted is not None and (converted / DONE_MARKER).exists():
+    converted = conversion_of(name_or_path, cache_dir, gguf)
+    if fallback_for(name_or_path, gguf) is not None and converted is not None:
         return str(converted)
     return None
-
-
-def converted_folder(name_or_path: str, cache_dir: Optional[str]) -> Optional[Path]:
-    """Where the safetensors copy of a model's GGUF file is kept (None without a cache folder)."""
-    return Path(cache_dir).expanduser() / "models" / name_or_path.replace("/", "--") if cache_dir else None
 
 
 def resolve_source(name_or_path: str, revision: Optional[str], gguf: Optional[Mapping[str, str]],
@@ -78,12 +75,24 @@ def resolve_source(name_or_path: str, revision: Optional[str], gguf: Optional[Ma
     source = find_source(name_or_path, revision, gguf, cache_dir)
     if source is not None:
         return source
-    if gguf is not None:
-        if cache_dir is None:
-            raise ModelLoadError("paths.cache_dir is not set, so the GGUF weights have nowhere to be converted to.")
-        return str(convert_gguf(gguf, converted_folder(name_or_path, cache_dir)))
+    check_available(name_or_path, revision, gguf, cache_dir)
+    if cache_dir is None:
+        raise ModelLoadError("paths.cache_dir is not set, so the GGUF weights have nowhere to be converted to.")
+    return str(convert_gguf(fallback_for(name_or_path, gguf), name_or_path, converted_folder(name_or_path, cache_dir)))
+
+
+def check_available(name_or_path: str, revision: Optional[str], gguf: Optional[Mapping[str, str]],
+                    cache_dir: Optional[str]) -> None:
+    """Raise ``ModelLoadError`` unless ``resolve_source`` can find the model (or convert its own GGUF fallback);
+    the pipeline asks before the memory budget, so an offline model is reported first.
+    """
+    if fallback_for(name_or_path, gguf) is not None or find_source(name_or_path, revision, gguf, cache_dir):
+        return
+    dropped = (f" (the model option's offline GGUF weights are {gguf.get('model_id') or 'of an undeclared model'}, "
+               "not this model, so they are not used)" if gguf is not None else "")
     raise ModelLoadError(
-        f"model {name_or_path} is not in the local Hugging Face cache and the hub cannot be reached. On a machine "
-        f"with internet run `huggingface-cli download {name_or_path} --local-dir DIR`, copy DIR here and pass "
-        f"model.name_or_path=DIR; or run with model=smollm2-135m, which works offline."
+        f"model {name_or_path} is not in the local Hugging Face cache and the hub cannot be reached{dropped}. On a "
+        "machine "
+        f"with internet run `hf download {name_or_path} --local-dir DIR` (the `hf` command of huggingface_hub), "
+        f"copy DIR here and pass model.name_or_path=DIR; or run with model=smollm2-135m, which works offline."
     )

@@ -16,12 +16,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LoadedModel:
-    """A model with its tokenizer, and the folder or hub id they came from."""
+    """A model with its tokenizer, the folder or hub id they came from, and whether its weights are random (the
+    tiny test model: its answers are noise)."""
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     name: str
     source: str
+    random_weights: bool = False
 
 
 def load_pretrained(

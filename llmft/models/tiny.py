@@ -4,6 +4,7 @@ The weights are written once to a folder under the cache and loaded back through
 tiny model goes through the very path a real one does, bitsandbytes quantization included.
 """
 
+import dataclasses
 import hashlib
 import json
 import tempfile
@@ -81,5 +82,6 @@ def build_tiny(
         tok.save_pretrained(tmp)
         if not folder.exists():  # another process may have built the same model meanwhile
             tmp.rename(folder)
-    return load_from(str(folder), name=name_or_path, quantization_config=quantization_config, dtype=dtype,
-                     device=device)
+    loaded = load_from(str(folder), name=name_or_path, quantization_config=quantization_config, dtype=dtype,
+                       device=device)
+    return dataclasses.replace(loaded, random_weights=True)

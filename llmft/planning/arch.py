@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, List, Mapping, Optional, Tuple
 
 from llmft.errors import ConfigError
+from llmft.model_cache import conversion_of
 
 TINY_TARGET = "llmft.models.build_tiny"
 BYTE_LEVEL_VOCAB = 256 + 3  # llmft.models.tiny.byte_level_tokenizer: 256 bytes + 3 ChatML special tokens
@@ -137,7 +138,7 @@ def find_arch(model: Mapping[str, Any], cache_dir: Optional[str]) -> Arch:
         return from_config({**arch, "vocab_size": vocab, "model_type": "llama"},
                            f"model.arch of {model.get('name_or_path', 'tiny')} + {where}")
     name = str(model["name_or_path"])
-    found = _cached_config(name, model.get("revision"), cache_dir)
+    found = _cached_config(name, model.get("revision"), cache_dir, model.get("gguf"))
     if found is not None:
         return from_config(json.loads(found.read_text(encoding="utf-8")), str(found))
     if model.get("arch"):
@@ -160,7 +161,8 @@ def _tokenizer_vocab(tokenizer: Optional[str]) -> Tuple[int, str]:
     return len(ids), str(path)
 
 
-def _cached_config(name: str, revision: Optional[str], cache_dir: Optional[str]) -> Optional[Path]:
+def _cached_config(name: str, revision: Optional[str], cache_dir: Optional[str],
+                   gguf: Optional[Mapping[str, Any]] = None) -> Optional[Path]:
     """A ``config.json`` for ``name`` already on disk (a local folder, the Hugging Face cache, llmft's cache)."""
     local = Path(name).expanduser()
     if local.is_dir():
@@ -171,8 +173,7 @@ def _cached_config(name: str, revision: Optional[str], cache_dir: Optional[str])
     commit = ref.read_text().strip() if ref.is_file() else str(revision or "")
     if commit and re.fullmatch(r"[0-9a-f]{40}", commit) and (repo / "snapshots" / commit / "config.json").is_file():
         return repo / "snapshots" / commit / "config.json"
-    if cache_dir:
-        converted = Path(str(cache_dir)).expanduser() / "models" / name.replace("/", "--")
-        if (converted / ".llmft-converted").exists() and (converted / "config.json").is_file():
-            return converted / "config.json"
+    converted = conversion_of(name, cache_dir, gguf)  # a conversion holding this very model, never another's
+    if converted is not None and (converted / "config.json").is_file():
+        return converted / "config.json"
     return None

@@ -23,13 +23,21 @@ def plan_run(cfg: DictConfig) -> Optional[MemoryPlan]:
 
     Returns:
         The plan, or None (after a warning) when the model's architecture cannot be planned offline.
+
+    Raises:
+        ModelLoadError: the model is not on this machine and cannot be fetched: said first, before a plan made
+            from figures that may not be its own (an overridden ``model.name_or_path``) or a budget it exceeds.
     """
+    check_model_available(cfg)
     try:
         plan = plan_memory(setup_from_cfg(cfg))
     except ConfigError as exc:
         log.warning("No memory plan for this run: %s", exc)
         return None
-    log.info("Memory plan (llmft-plan prints the same):\n%s", format_plan(plan, [] if plan.fits else suggest(plan.setup)))
+    log.info("Memory plan for the worst case, every sequence padded to data.max_seq_length=%d (batches pad only to "
+             "their longest record, so the measured peak is usually lower; the end of the run shows both; "
+             "llmft-plan prints the same):\n%s", plan.setup.seq_len,
+             format_plan(plan, [] if plan.fits else suggest(plan.setup)))
     return plan
 
 
@@ -59,6 +67,19 @@ def fit_budget(cfg: DictConfig, plan: Optional[MemoryPlan]) -> Tuple[Optional[Me
              size(plan.total_bytes), size(first.plan.total_bytes))
     return first.plan, {"auto_fit": {"changed": changed, "planned_mb_before": round(plan.total_bytes / MIB, 1),
                                      "planned_mb_after": round(first.plan.total_bytes / MIB, 1)}}
+
+
+def check_model_available(cfg: DictConfig) -> None:
+    """Raise ``ModelLoadError`` if ``cfg.model`` names pretrained weights that are neither on this machine nor
+    reachable (nor convertible from the option's own GGUF fallback)."""
+    from hydra.utils import get_method
+
+    from llmft.models import load_pretrained
+    from llmft.models.hub import check_available
+
+    model = cfg.model
+    if get_method(model._target_) is load_pretrained:
+        check_available(str(model.name_or_path), model.get("revision"), model.get("gguf"), cfg.paths.cache_dir)
 
 
 def apply_changes(cfg: DictConfig, changes: Mapping[str, Any]) -> None:
@@ -119,6 +140,16 @@ def longest_sequence(*datasets: Any) -> int:
     import pyarrow.compute as pc
 
     return max(int(pc.max(pc.list_value_length(ds.data.column("input_ids"))).as_py() or 0) for ds in datasets)
+
+
+def records_cut(dataset: Any, max_seq_length: int) -> int:
+    """How many records of a tokenized split ``data.max_seq_length`` cut: those with an example of that length
+    (a conversation cut there, a text cut into windows; a record exactly that long counts too)."""
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(dataset.data.column("input_ids"))
+    at_limit = pc.filter(dataset.data.column("record"), pc.greater_equal(lengths, max_seq_length))
+    return len(pc.unique(at_limit))
 
 
 def _quantization_name(cfg: DictConfig) -> Optional[str]:

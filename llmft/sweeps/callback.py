@@ -17,7 +17,8 @@ class SweepSummary(Callback):
     """Writes ``sweep_summary.csv``, ``sweep_summary.md`` and ``sweep_*.png`` into the sweep folder."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        """Collect every job folder of the sweep (failed ones included) into the table and plots."""
+        """Collect every job folder of the sweep (failed ones included) into the table and plots; exit with
+        status 1 when no job completed (a SystemExit: Hydra swallows a callback's exceptions, not that)."""
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = collect_runs([str(sweep_dir)])
         if not rows:
@@ -26,3 +27,6 @@ class SweepSummary(Callback):
         done = sum(r["status"] == "completed" for r in rows)
         FAILED_JOBS.extend(r["job"] for r in rows if r["status"] == "failed")
         log.info("Sweep: %d of %d jobs completed. Comparison: %s", done, len(rows), ", ".join(str(p) for p in paths))
+        if not done:  # Hydra would exit 0; a script or CI must see that the sweep produced nothing
+            log.error("No job of the sweep completed; the reasons are in %s", paths[1])
+            raise SystemExit(1)

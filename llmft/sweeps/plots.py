@@ -1,17 +1,29 @@
 """PNG plots of the main metrics against each swept parameter."""
 
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Sequence, Tuple
 
 METRICS = [("eval_loss", "validation loss"), ("perplexity", "validation perplexity"),
            ("tokens_per_s", "training tokens/s"), ("peak_memory_mb", "peak memory (MB)")]
+UNSET = "(default)"  # a run that did not override the parameter: it ran with the config's value
 
 
-def _value(text):
+def _number(text):
     try:
         return float(text)
     except (TypeError, ValueError):
-        return text
+        return None
+
+
+def axis(values: Sequence[str]) -> Tuple[Dict[str, float], str]:
+    """Where each value sits on the x axis, and the scale: ``log`` for positive numbers spanning a factor of 10 or
+    more (a learning rate searched on a log scale), ``linear`` for other numbers, ``category`` (evenly spaced, in
+    the given order) when any value is not a number."""
+    numbers = [_number(v) for v in values]
+    if any(n is None for n in numbers):
+        return {v: float(i) for i, v in enumerate(values)}, "category"
+    scale = "log" if min(numbers) > 0 and max(numbers) >= 10 * min(numbers) else "linear"
+    return dict(zip(values, numbers)), scale
 
 
 def plot_against_parameters(rows: List[Dict], params: List[str], out_dir: Path) -> List[Path]:
@@ -24,24 +36,16 @@ def plot_against_parameters(rows: List[Dict], params: List[str], out_dir: Path) 
     done = [r for r in rows if r.get("status") == "completed"]
     written = []
     for param in params:
-        values = sorted({r["params"].get(param) for r in done}, key=lambda v: (isinstance(_value(v), str), _value(v)))
+        values = sorted({r["params"].get(param, UNSET) for r in done},
+                        key=lambda v: (_number(v) is None, _number(v) or 0.0, v))
         if not values:
             continue
-        position = {v: (_value(v) if not isinstance(_value(v), str) else i) for i, v in enumerate(values)}
         fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.4))
         groups: Dict[str, List[Dict]] = {}
         for row in done:
             rest = " ".join(f"{k}={v}" for k, v in sorted(row["params"].items()) if k != param and k in params)
             groups.setdefault(rest or "all", []).append(row)
-        for ax, (key, label) in zip(axes, METRICS):
-            for rest, members in groups.items():
-                points = sorted((position[m["params"].get(param)], m[key]) for m in members if m.get(key) is not None)
-                if points:
-                    ax.plot(*zip(*points), marker="o", label=rest)
-            ax.set_xlabel(param)
-            ax.set_title(label)
-            if any(isinstance(_value(v), str) for v in values):
-                ax.set_xticks(list(position.values()), values, rotation=20)
+        _panels(axes, groups, param, values)
         if len(groups) > 1:
             axes[0].legend(fontsize=7)
         fig.tight_layout()
@@ -50,3 +54,19 @@ def plot_against_parameters(rows: List[Dict], params: List[str], out_dir: Path) 
         plt.close(fig)
         written.append(path)
     return written
+
+
+def _panels(axes, groups: Dict[str, List[Dict]], param: str, values: List[str]) -> None:
+    position, scale = axis(values)
+    for ax, (key, label) in zip(axes, METRICS):
+        for rest, members in groups.items():
+            points = sorted((position[m["params"].get(param, UNSET)], m[key]) for m in members
+                            if m.get(key) is not None)
+            if points:
+                ax.plot(*zip(*points), marker="o", label=rest)
+        ax.set_xlabel(param + (" (log scale)" if scale == "log" else ""))
+        ax.set_title(label)
+        if scale == "log":
+            ax.set_xscale("log")
+        elif scale == "category":
+            ax.set_xticks(list(position.values()), values, rotation=20)

@@ -9,8 +9,13 @@ import yaml
 
 from llmft.sweeps.plots import plot_against_parameters
 
-COLUMNS = ["job", "overrides", "status", "final_train_loss", "eval_loss", "perplexity", "tokens_per_s",
-           "peak_memory_mb", "trainable_params", "duration_s", "reason"]
+# truncated_records / dropped_records: what data.max_seq_length cut or left out (two lengths that cut nothing
+# train on the same data, so they give the same figures)
+COLUMNS = ["job", "overrides", "status", "mean_train_loss_last_epoch", "eval_loss", "perplexity", "tokens_per_s",
+           "peak_memory_mb", "trainable_params", "truncated_records", "dropped_records", "duration_s", "reason"]
+
+
+PLAIN_RUN = "(none: the defaults)"
 
 
 def run_folders(paths: Iterable[str]) -> List[Path]:
@@ -47,8 +52,8 @@ def collect_runs(paths: Iterable[str]) -> List[Dict]:
         summary = _summary(folder)
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
         row = {key: summary.get(key) for key in COLUMNS}
-        row.update(job=str(folder), overrides=" ".join(overrides or []), params=_params(overrides or []),
-                   reason=summary.get("reason") or summary.get("error"))
+        row.update(job=str(folder), overrides=" ".join(overrides or []) or PLAIN_RUN,
+                   params=_params(overrides or []), reason=summary.get("reason") or summary.get("error"))
         rows.append(row)
     return rows
 
@@ -79,8 +84,20 @@ def _markdown(rows: List[Dict]) -> str:
     shown = [c for c in COLUMNS if c != "job"]
     lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c)) for c in shown) + " |")
+        lines.append("| " + " | ".join(_cell(row.get(c)) if c != "overrides" else _cell(_short(row[c]))
+                                       for c in shown) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _short(overrides: str) -> str:
+    """The overrides with each decimal value at 4 significant digits (an Optuna learning rate has 16)."""
+    def shorten(override: str) -> str:
+        key, sep, value = override.partition("=")
+        try:
+            return f"{key}={float(value):.4g}" if sep and "." in value else override
+        except ValueError:
+            return override
+    return " ".join(shorten(o) for o in overrides.split(" "))
 
 
 def _cell(value) -> str:

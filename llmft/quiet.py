@@ -1,0 +1,53 @@
+"""Library messages that say nothing to a user of llmft, dropped where they come from: by the logger that emits
+them and the start of the message, never by level or globally. ``hydra.verbose=true`` keeps every one of them.
+
+Each entry says why it is noise; a message that could mean a wrong result (bitsandbytes' autograd warning for
+4-bit weights on the CPU, for one) is kept.
+"""
+
+import logging
+import os
+import sys
+from typing import Tuple
+
+# (logger, message start): why it is noise.
+NOISE: Tuple[Tuple[str, str], ...] = (
+    # bitsandbytes, on importing, on a CPU with AVX512-BF16: an optional faster 4-bit CPU kernel from the `kernels`
+    # package is missing; the built-in kernel runs instead. Printed on every run, with or without quantization.
+    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),
+    # rouge_score (through absl logging), each time a ROUGE scorer is built: once per scored answer.
+    ("absl", "Using default tokenizer."),
+)
+
+
+class DropMessage(logging.Filter):
+    """Drops the records of one logger whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def quiet_libraries(verbose: bool = False) -> None:
+    """Install the filters of ``NOISE`` (once per process), and keep progress bars off a stderr that is not a
+    terminal (a log file, CI). Call it before torch, transformers or bitsandbytes is imported.
+
+    Args:
+        verbose: ``hydra.verbose``: change nothing, show everything.
+    """
+    if verbose:
+        return
+    for name, prefix in NOISE:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropMessage) and f.prefix == prefix for f in logger.filters):
+            logger.addFilter(DropMessage(prefix))
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")  # plain tqdm bars (the GGUF conversion's): read at tqdm's import
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()

@@ -1,0 +1,70 @@
+"""Numbers that tell the truth: mean answer scores beside perplexity, what max_seq_length cut, the plan's case."""
+
+import logging
+
+from datasets import Dataset
+
+from llmft.evaluation.report import answer_means, build_eval_report, samples_markdown
+from llmft.outcome import log_answers, log_outcome, printable
+from llmft.planning.preflight import plan_run, records_cut
+from llmft.sweeps.table import COLUMNS
+from tests.conftest import TINY_NO_EVAL
+
+
+def _answers(scores):
+    return {"prompts": {"answers": [{"prompt": f"p{i}", "answer": "a", "reference": "r", "scores": {"chrf": s}}
+                                    for i, s in enumerate(scores)]}}
+
+
+def test_the_report_gives_the_mean_of_each_answer_score_base_and_fine_tuned():
+    base = {"perplexity": {"eval_loss": 4.0, "perplexity": 54.6}, **_answers([24.0, 20.0, 30.0, 10.0, 16.0])}
+    tuned = {"perplexity": {"eval_loss": 3.9, "perplexity": 49.4}, **_answers([13.0, 19.0, 30.0, 12.0, 11.0])}
+    report = build_eval_report(base, tuned)
+    assert report["answer_means"] == {"prompts": 5, "base": {"chrf": 20.0}, "finetuned": {"chrf": 17.0},
+                                      "no_worse": {"chrf": 2}}
+    assert "| chrf, mean over 5 prompts (no worse on 2) | 20.0000 | 17.0000 | -3.0000 |" in \
+        samples_markdown(report, "t")
+    assert answer_means([{"prompt": "p", "base": "a", "finetuned": "b", "reference": None}]) == {}
+    prompts_only = samples_markdown(build_eval_report(_answers([1.0]), _answers([2.0])), "t")  # eval=prompts
+    assert "| chrf, mean over 1 prompts (no worse on 1) | 1.0000 | 2.0000 | +1.0000 |" in prompts_only
+
+
+def test_the_end_of_run_line_puts_the_answer_means_and_the_plan_beside_perplexity(caplog):
+    summary = {"status": "completed", "duration_s": 30.0, "perplexity": 51.35, "base_perplexity": 71.78,
+               "answer_means": {"prompts": 5, "base": {"chrf": 23.96}, "finetuned": {"chrf": 13.01},
+                                "no_worse": {"chrf": 0}},
+               "truncated_records": 2, "dropped_records": 1, "train_records": 55, "mean_train_loss_last_epoch": 3.7,
+               "tokens_per_s": 176.0, "peak_memory_mb": 3636.0, "memory_plan": {"total_mb": 10957.0},
+               "predicted_peak_mb": 3900.0, "output_dir": "/x"}
+    with caplog.at_level(logging.INFO, logger="llmft.outcome"):
+        log_outcome(summary)
+    line = caplog.records[-1].getMessage()
+    assert "val perplexity 71.78 -> 51.35" in line and "answers, mean over 5 prompts: chrf 23.96 -> 13.01 (no " \
+        "worse on 0 of 5)" in line
+    assert "cut 2 and dropped 1 of 56 training records" in line and "mean train loss of the last epoch 3.7000" in line
+    assert "peak memory 3636 MB (planned 10957 MB in the worst case, 3900 MB at the longest record)" in line
+
+
+def test_records_cut_counts_records_with_an_example_at_the_limit():
+    tokenized = Dataset.from_list([{"record": 0, "input_ids": [1] * 8}, {"record": 1, "input_ids": [1] * 3},
+                                   {"record": 2, "input_ids": [1] * 8}, {"record": 2, "input_ids": [1] * 2}])
+    assert records_cut(tokenized, 8) == 2 and records_cut(tokenized, 9) == 0
+
+
+def test_random_model_answers_are_marked_as_noise_and_control_characters_escaped(caplog):
+    assert printable("a\x1b[2Jb\x07\nc\u200b") == "a\\x1b[2Jb\\x07\nc\\u200b"
+    report = {"prompt_results": [{"prompt": "p", "base": "\x1b[31mred", "finetuned": "ok"}]}
+    with caplog.at_level(logging.INFO, logger="llmft.outcome"):
+        log_answers(report, random_weights=True)
+    text = caplog.text
+    assert "random weights" in text and "noise" in text and "\x1b" not in text and "\\x1b[31mred" in text
+
+
+def test_the_plan_line_says_it_is_the_worst_case(make_cfg, caplog):
+    with caplog.at_level(logging.INFO, logger="llmft.planning.preflight"):
+        plan_run(make_cfg(TINY_NO_EVAL))
+    assert "Memory plan for the worst case, every sequence padded to data.max_seq_length=384" in caplog.text
+
+
+def test_the_sweep_table_shows_what_max_seq_length_cut():
+    assert {"truncated_records", "dropped_records"} <= set(COLUMNS)
