@@ -71,7 +71,7 @@ def check_secret_overrides(overrides: Sequence[str]) -> None:
                 "Hydra would save it in the run folder's .hydra/overrides.yaml and config.yaml, and llmft in "
                 "summary.json, train.log and the W&B run's name and tags. Pass it through the environment "
                 "instead, where the libraries read it: export HF_TOKEN=... (Hugging Face) or WANDB_API_KEY=... "
-                "(W&B), or log in once with `huggingface-cli login` / `wandb login`. Nothing was written.")
+                "(W&B), or log in once with `hf auth login` / `wandb login`. Nothing was written.")
 
 
 def redact(text: str) -> str:

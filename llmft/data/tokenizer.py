@@ -31,6 +31,7 @@ def load_tokenizer(model: DictConfig, cache_dir: Optional[str] = None) -> Tuple[
         ModelLoadError: no tokenizer can be found offline or on the hub.
     """
     from llmft.models.gguf import locate_gguf
+    from llmft.model_cache import fallback_for
     from llmft.models.hub import find_source
 
     name, own = model.get("name_or_path"), model.get("tokenizer")
@@ -43,7 +44,7 @@ def load_tokenizer(model: DictConfig, cache_dir: Optional[str] = None) -> Tuple[
         return byte_level_tokenizer(), "the tiny model's byte-level tokenizer (built in-process)"
     if name is None:
         raise ModelLoadError(f"the model option ({model._target_}) names no name_or_path or tokenizer to load.")
-    gguf = model.get("gguf")
+    gguf = fallback_for(str(name), model.get("gguf"))  # only for the option's own model id
     source = find_source(str(name), model.get("revision"), gguf, cache_dir)  # where the weights would come from
     if source is not None:
         return open_tokenizer(source, revision=model.get("revision"), trust_remote_code=remote), source
@@ -51,7 +52,7 @@ def load_tokenizer(model: DictConfig, cache_dir: Optional[str] = None) -> Tuple[
         path = locate_gguf(gguf["package"], gguf["file"])
         return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=remote), str(path)
     raise ModelLoadError(f"the tokenizer of {name} is not in a local folder or the Hugging Face cache, and the hub "
-                         f"cannot be reached. Download it elsewhere (huggingface-cli download {name} --local-dir "
+                         f"cannot be reached. Download it elsewhere (hf download {name} --local-dir "
                          "DIR), copy DIR here and pass model.name_or_path=DIR, or pick model=tiny.")
 
 
