@@ -16,7 +16,7 @@ CASES = [
     ("lora.r=0", "lora.r=0 is out of range: it must be >= 1"),
     ("data.max_seq_length=-5", "data.max_seq_length=-5 is out of range: it must be >= 16"),
     ("hardware=tpu", "hardware=tpu is not an option of the hardware group"),
-    ("hardware.precision=fp8", "hardware.precision=fp8 is not allowed: choose one of bf16, fp16, fp32"),
+    ("hardware.precision=fp8", "hardware.precision=fp8 is not allowed: choose one of auto, bf16, fp16, fp32"),
     ("trainer.learning_rate=fast", "trainer.learning_rate=fast has the wrong type"),
 ]
 
