@@ -11,8 +11,10 @@ model's own ``[batch, sequence, vocabulary]`` logits are never computed. This wa
 the last one's normalisation depends on the model's recording rules, and in evaluation (no autograd graph) all
 layers' states would be kept alive for nothing.
 
-Each chunk's logits are then recomputed in the backward pass (``torch.utils.checkpoint``), so no more than one
-chunk's ``[chunk, vocabulary]`` float32 logits (and their gradient) exist at any time, forward or backward. The
+Each chunk's gradient for its hidden states is computed in the forward pass, while its logits exist anyway, and
+kept (``[chunk, hidden]``); a trained output layer instead has the chunk recomputed in the backward pass
+(``torch.utils.checkpoint``). Either way no more than one chunk's ``[chunk, vocabulary]`` float32 logits (and
+their gradient) exist at any time, forward or backward. The
 output layer is called as a module, so a bias (phi-2), tied embeddings, a LoRA-adapted ``lm_head`` or a
 quantized one behave exactly as in the model's own forward. What the model's forward does after ``lm_head`` is
 reproduced per model type (``HEAD_TRANSFORMS``); a model type not listed there is refused.
@@ -87,6 +89,26 @@ def _chunk_loss(head: torch.nn.Module, transform: Callable, hidden: torch.Tensor
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
+class _FrozenHeadChunk(torch.autograd.Function):
+    """One chunk's loss whose gradient for the hidden states is computed in the forward pass, while the chunk's
+    logits exist anyway, and kept (``[chunk, hidden]``, small): two output-layer matmuls per chunk instead of the
+    three of recomputation. Only for an output layer without trainable parameters (their gradients would be lost)."""
+
+    @staticmethod
+    def forward(ctx, hidden, head, transform, targets):
+        with torch.enable_grad():
+            leaf = hidden.detach().requires_grad_()
+            loss = _chunk_loss(head, transform, leaf, targets)
+            (grad,) = torch.autograd.grad(loss, leaf)
+        ctx.save_for_backward(grad)
+        return loss.detach()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output.to(grad.dtype), None, None, None
+
+
 def lm_loss_sum(model: torch.nn.Module, batch: Dict[str, torch.Tensor],
                 chunk_tokens: int = 2048) -> Tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over the labelled positions of a batch, and the number of those positions.
@@ -114,12 +136,15 @@ def lm_loss_sum(model: torch.nn.Module, batch: Dict[str, torch.Tensor],
     hidden = captured["hidden"][:, :-1][keep]
     targets = labels[:, 1:][keep]
     total: Optional[torch.Tensor] = None
+    frozen = not any(p.requires_grad for p in head.parameters())
     for start in range(0, targets.numel(), chunk_tokens):
         h, y = hidden[start:start + chunk_tokens], targets[start:start + chunk_tokens]
-        if torch.is_grad_enabled() and h.requires_grad:
-            part = checkpoint(_chunk_loss, head, transform, h, y, use_reentrant=False)
-        else:
+        if not (torch.is_grad_enabled() and h.requires_grad):
             part = _chunk_loss(head, transform, h, y)
+        elif frozen:
+            part = _FrozenHeadChunk.apply(h, head, transform, y)
+        else:  # a trained head (LoRA or modules_to_save on lm_head): recompute the chunk in the backward pass
+            part = checkpoint(_chunk_loss, head, transform, h, y, use_reentrant=False)
         total = part if total is None else total + part
     if total is None:  # nothing labelled: a zero that still belongs to the graph
         total = hidden.float().sum() * 0.0

@@ -23,7 +23,7 @@ class SFT:
             x 4 bytes, forward and backward).
     """
 
-    def __init__(self, chunk_tokens: int = 2048):
+    def __init__(self, chunk_tokens: int = 512):
         self.chunk_tokens = chunk_tokens
 
     @staticmethod

@@ -57,7 +57,7 @@ def test_real_config_keys_are_not_taken_for_secrets():
     keys = set()
     for overrides in SHIPPED:
         keys |= set(_flat_keys(OmegaConf.to_container(compose_all(overrides))))
-    keys |= {"eval.prompts.max_new_tokens", "trainer.loss_chunk_tokens", "model.pad_token_id", "pad_token",
+    keys |= {"eval.prompts.max_new_tokens", "objective.chunk_tokens", "model.pad_token_id", "pad_token",
              "eos_token", "tokenizer", "max_tokens", "keep_checkpoints", "text_key", "tokens_per_s"}
     assert [k for k in keys if is_secret_key(k)] == []
     for key in ("token", "model.hf_token", "data.api_key", "apiKey", "wandb.api_key", "db_password", "client_secret",

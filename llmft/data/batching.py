@@ -30,7 +30,8 @@ def epoch_batches(lengths: Sequence[int], micro_batch_size: int, seed: int, epoc
         epoch: the epoch (0, 1, ...); each epoch has its own order.
         group_by_length: shuffle, sort by length within mega-batches of ``MEGA_BATCH`` micro-batches, then
             shuffle the micro-batches (the longest one first, so that a run that runs out of memory does so at once).
-        packing: fill each micro-batch with records up to ``max_tokens`` tokens in all (one packed row).
+        packing: fill each micro-batch with records up to ``max_tokens`` tokens in all (one packed row); packing
+            needs no grouping, so ``group_by_length`` is then ignored.
         max_tokens: the token budget of a packed micro-batch; a longer record gets a micro-batch of its own.
 
     Returns:

@@ -55,7 +55,7 @@ class Setup:
     seq_len: int = 512
     gradient_checkpointing: bool = False
     attn_implementation: str = "sdpa"
-    loss_chunk_tokens: int = 0               # trainer.loss_chunk_tokens: the chunked loss (llmft.loss); 0: full logits
+    loss_chunk_tokens: int = 0               # objective.chunk_tokens: the chunked loss (llmft.loss); 0: full logits
     optimizer: str = "torch.optim.AdamW"
     optimizer_kwargs: Tuple[Tuple[str, Any], ...] = ()
     eval_batch_size: int = 0                 # the perplexity evaluator's batch; 0: none
@@ -131,7 +131,7 @@ def setup_from_cfg(cfg: DictConfig) -> Setup:
         gradient_accumulation_steps=int(hw["gradient_accumulation_steps"]),
         seq_len=int(data["data"]["max_seq_length"]), gradient_checkpointing=bool(hw["gradient_checkpointing"]),
         attn_implementation=str(model.get("attn_implementation", "sdpa")),
-        loss_chunk_tokens=int(data["trainer"].get("loss_chunk_tokens") or 0),
+        loss_chunk_tokens=int((data.get("objective") or {}).get("chunk_tokens") or 0),
         optimizer=str(optimizer.pop("_target_")),
         optimizer_kwargs=tuple(sorted((k, v) for k, v in optimizer.items() if not k.startswith("_"))),
         budget_gb=float(hw["memory_budget_gb"]), profile=str(hw["name"]), **_eval_settings(data))
