@@ -28,12 +28,18 @@ def smollm2_run(tmp_path_factory):
     return finished_run(make_cfg, tmp_path_factory.mktemp("smollm2-run"), SHORT)
 
 
-@pytest.mark.parametrize("qtype,matches", [("q8_0", 4), ("f16", 5)])
-def test_the_smollm2_gguf_passes_its_check_and_answers_as_the_merged_model(smollm2_run, qtype, matches):
+@pytest.mark.parametrize("qtype", ["q8_0", "f16"])
+def test_the_smollm2_gguf_passes_its_check_and_answers_as_the_merged_model(smollm2_run, qtype):
     out = export_run(str(smollm2_run), out=str(smollm2_run / f"export-{qtype}"), gguf=qtype)
     report = json.loads((out / "export_report.json").read_text())
     assert report["gguf_relative_logit_difference"] <= report["gguf_tolerance"]
-    assert report["gguf_greedy_matches"] >= matches, json.dumps(report["gguf_answers"], indent=1)
+    answers = report["gguf_answers"]  # eval=perplexity: the three fixed prompts, 64 greedy tokens each
+    assert len(answers) == 3 and all(a["adapter"] == a["merged"] for a in answers)
+    if qtype == "f16":
+        assert report["gguf_greedy_matches"] == 3, json.dumps(answers, indent=1)
+    else:  # 8-bit weights flip near ties: answers part after a mean of ~14 tokens (measured on the default run)
+        mean = sum(a["same_leading_tokens"] for a in answers) / len(answers)
+        assert mean >= 8, json.dumps(answers, indent=1)
     assert report["gguf_stop_tokens"] == ["<|im_end|>"] and report["parity"]["end_of_turn"] == "<|im_end|>"
     f32_bytes = 134_515_008 * 4  # SmolLM2-135M's parameters in float32 (tied embeddings stored once)
     assert report["gguf_bytes"] / f32_bytes < (0.3 if qtype == "q8_0" else 0.55)

@@ -71,7 +71,8 @@ def export_gguf(merged, tokenizer, folder: Path, qtype: str, probes: Probes, bas
     merged_answers = generate(merged, tokenizer, prompts, max_new_tokens=ANSWER_TOKENS)
     model.generation_config.eos_token_id = stop_ids  # llama.cpp stops at every end-of-generation token of the file
     gguf_answers = generate(model, reader, prompts, max_new_tokens=ANSWER_TOKENS)
-    report["gguf_answers"] = [{"prompt": p[-1]["content"], "adapter": a, "merged": m, "gguf": g}
+    report["gguf_answers"] = [{"prompt": p[-1]["content"], "adapter": a, "merged": m, "gguf": g,
+                               "same_leading_tokens": _same_leading_tokens(tokenizer, m, g)}
                               for p, a, m, g in zip(prompts, probes.adapter_answers, merged_answers, gguf_answers)]
     report["gguf_greedy_matches"] = sum(m == g for m, g in zip(merged_answers, gguf_answers))
     style = template_style(tokenizer, probes.prompts[0] if probes.prompts else probes.conversation[:-1])
@@ -105,6 +106,12 @@ def _check_tokenizer(tokenizer, reader, probes: dict, conversation: List[dict]) 
             raise GGUFError(f"the GGUF's tokenizer, read back by transformers, encodes {text[:80]!r} differently "
                             f"from the run's from token {at}: run {ours[at:at + 8]}, GGUF {theirs[at:at + 8]}; "
                             "nothing was written.")
+
+
+def _same_leading_tokens(tokenizer, a: str, b: str) -> int:
+    """How many tokens two answers share before they part (all of them when equal)."""
+    ids_a, ids_b = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (a, b))
+    return next((i for i, (x, y) in enumerate(zip(ids_a, ids_b)) if x != y), min(len(ids_a), len(ids_b)))
 
 
 def _check_stops(path: Path, end_of_turn: int) -> List[int]:
