@@ -197,3 +197,36 @@ def test_skipped_scaler_steps_are_counted_and_do_not_advance_the_schedule(tmp_pa
     skipped = [b["skipped_steps"] - a["skipped_steps"] for a, b in zip([{"skipped_steps": 0}, *rows], rows)]
     for k in range(len(rows) - 1):  # row k's rate is read before step k: it moves only after a step that updated
         assert (rows[k + 1]["learning_rate"] == rows[k]["learning_rate"]) == bool(skipped[k])
+
+
+def test_base_and_fine_tuned_perplexity_agree_when_training_moves_nothing_under_bf16(make_cfg, tmp_path):
+    """LoRA starts as the identity (lora_B = 0), and a learning rate of 1e-30 leaves it there in bf16: the two
+    evaluations differ only if they compute at different precisions (the base once ran without autocast)."""
+    from llmft.pipeline import run
+
+    cfg = make_cfg([*TINY_NO_EVAL, "eval=perplexity", "hardware.precision=bf16", "trainer.learning_rate=1e-30",
+                    "trainer.max_steps=1"])
+    summary = run(cfg, tmp_path)
+    assert summary["perplexity"] == pytest.approx(summary["base_perplexity"], rel=1e-6)
+
+
+def precision_sweep(tmp_path, cache_dir, *launcher):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "llmft.train", "-m", "experiment=smoke", "trainer.max_steps=2",
+                             "eval=perplexity", f"paths.cache_dir={cache_dir}", f"hydra.sweep.dir={tmp_path}",
+                             "hardware.precision=fp32,bf16", *launcher], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads((tmp_path / str(n) / "summary.json").read_text()) for n in range(2)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=parallel", "hydra.launcher.n_jobs=1"]],
+                         ids=["basic", "joblib-one-worker"])
+def test_a_precision_sweep_runs_each_job_at_its_own_precision(tmp_path, cache_dir, launcher):
+    """Both launchers run the jobs in one process (joblib with one worker reuses it): accelerate's process-wide
+    state from the fp32 job must not meet the bf16 one."""
+    summaries = precision_sweep(tmp_path, cache_dir, *launcher)
+    assert [s["status"] for s in summaries] == ["completed", "completed"]
+    assert summaries[0]["perplexity"] != summaries[1]["perplexity"]  # bf16 autocast computed the second
