@@ -230,3 +230,11 @@ def test_a_precision_sweep_runs_each_job_at_its_own_precision(tmp_path, cache_di
     summaries = precision_sweep(tmp_path, cache_dir, *launcher)
     assert [s["status"] for s in summaries] == ["completed", "completed"]
     assert summaries[0]["perplexity"] != summaries[1]["perplexity"]  # bf16 autocast computed the second
+
+
+def test_export_on_cuda_without_a_gpu_is_refused_in_a_paragraph(monkeypatch, tmp_path):
+    from llmft.export.exporter import ExportError, export_run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ExportError, match="--device cuda needs a CUDA GPU.*Leave --device out"):
+        export_run(str(tmp_path), merge=True, device="cuda")

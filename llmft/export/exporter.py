@@ -59,6 +59,7 @@ def export_run(folder: str, out: Optional[str] = None, merge: bool = False, forc
         GGUFError: the model cannot be written as GGUF, or the file failed its check.
         ParityError: the inference prompt or the stop tokens differ from training's.
     """
+    _check_device(device)  # before anything is read: a raw CUDA error later would say nothing
     run = open_run(folder, ["model.trust_remote_code=true"] if trust_remote_code else ())
     target = Path(out).expanduser() if out else run.folder / "export"
     if target.exists() and not force:
@@ -68,7 +69,6 @@ def export_run(folder: str, out: Optional[str] = None, merge: bool = False, forc
         raise ExportError(f"--dtype {dtype} is not supported: choose one of {', '.join(TOLERANCE)}.")
     if gguf is not None and gguf not in GGUF_TOLERANCE:
         raise ExportError(f"--gguf {gguf} is not a type llmft writes: choose one of {', '.join(GGUF_TOLERANCE)}.")
-    _check_device(device)
     staging = target.parent / f".{target.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
