@@ -222,21 +222,23 @@ class TrainingLoop:
 
     def _step(self, model, window: List[dict], accelerator: Accelerator, params, opt, sched, objective):
         """One optimizer step over a window of micro-batches; returns (mean loss, tokens, grad norm)."""
-        window = [_to_device(batch, accelerator.device) for batch in window]
+        # counted on the host before the copy, and the loss summed on the device: one sync per step, not per batch
         units = sum(objective.units(b) for b in window)  # the loss is a mean over all processes' units
+        tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
+                     for b in window)
+        window = [_to_device(batch, accelerator.device) for batch in window]
         units = int(accelerator.gather(torch.tensor([units], device=accelerator.device)).sum())
-        loss_sum, tokens = 0.0, 0
+        loss_sum = torch.zeros((), device=accelerator.device)
         for i, batch in enumerate(window):
             sync = accelerator.no_sync(model) if i < len(window) - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
                 loss = objective.loss_sum(model, batch) / max(units, 1)
             # DDP averages gradients over processes; the loss is already divided by the global token count.
             accelerator.backward(loss * accelerator.num_processes)
-            loss_sum += float(loss.detach())
-            tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+            loss_sum += loss.detach().float()
         # each process holds its share of the window's loss and tokens: the step's figures are their sums
-        loss_sum, tokens = accelerator.reduce(torch.tensor([loss_sum, float(tokens)], device=accelerator.device),
-                                              reduction="sum").tolist()
+        figures = torch.stack([loss_sum, torch.tensor(float(tokens), device=accelerator.device)])
+        loss_sum, tokens = accelerator.reduce(figures, reduction="sum").tolist()
         grad_norm = _clip(accelerator, params, self.max_grad_norm)
         opt.step()
         if accelerator.optimizer_step_was_skipped:  # fp16: the scaler found inf/NaN gradients and lowered its scale

@@ -123,8 +123,9 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
     splits = read_splits(cfg, recorder.output_dir)
     quantization = build(cfg.quantization)
     device = use_device(hardware.device)  # this rank's GPU, current before any weight loads
-    loaded = build(cfg.model, quantization_config=quantization, dtype=weights_dtype(hardware.precision, hardware.device),
-                   device=hardware.device, cache_dir=cfg.paths.cache_dir)
+    loaded = build(cfg.model, quantization_config=quantization,
+                   dtype=weights_dtype(hardware.precision, hardware.device), device=hardware.device,
+                   cache_dir=cfg.paths.cache_dir)
     tokenizer = loaded.tokenizer
     (train_set, train_dropped), (val_set, _) = tokenize_split(cfg, tokenizer, splits.train, "train"), \
         tokenize_split(cfg, tokenizer, splits.val, "val")

@@ -116,8 +116,9 @@ def apply_changes(cfg: DictConfig, changes: Mapping[str, Any]) -> None:
 def emulate_budget(cfg: DictConfig) -> Dict[str, Any]:
     """With ``hardware.emulate``, cap this process's CUDA memory at the profile's budget.
 
-    The caching allocator of this process's GPU (``llmft.hardware.run_device``) is limited to the budget less the CUDA context (which it does not manage), so a run
-    that needs more than the profile's card fails on a larger card as it would on that card.
+    The caching allocator of this process's GPU (``llmft.hardware.run_device``) is limited to the budget less
+    the CUDA context (which it does not manage), so a run that needs more than the profile's card fails on a
+    larger card as it would on that card.
 
     Returns:
         ``{"emulated_memory_fraction": ...}`` for ``summary.json``, or nothing when not emulating.
