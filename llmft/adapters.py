@@ -3,6 +3,8 @@
 import logging
 import warnings
 
+import torch
+
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import PreTrainedModel
 
@@ -26,6 +28,19 @@ def _keep_4bit_layout_trainable(model: PreTrainedModel) -> None:
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
+
+
+def _trainable_in_fp32(model: PeftModel) -> None:
+    """Keep every trainable parameter in float32, as the optimizer and fp16's loss scaler need.
+
+    peft casts the LoRA matrices to float32 itself (``autocast_adapter_dtype``), but the copies that
+    ``lora.modules_to_save`` trains (an ``lm_head``, the embeddings) keep the base's dtype: loaded in float16 on a
+    GPU, the scaler refuses them on the first step ("Attempting to unscale FP16 gradients"), and in bfloat16 their
+    small updates round away. Autocast still computes with them in 16 bits.
+    """
+    for param in model.parameters():
+        if param.requires_grad and param.dtype in (torch.float16, torch.bfloat16):
+            param.data = param.data.float()
 
 
 def apply_lora(model: PreTrainedModel, lora_config: LoraConfig, gradient_checkpointing: bool) -> PeftModel:
@@ -56,6 +71,7 @@ def apply_lora(model: PreTrainedModel, lora_config: LoraConfig, gradient_checkpo
     with warnings.catch_warnings():  # peft still calls a name transformers 5 deprecated; nothing for users to do
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         peft_model = get_peft_model(model, lora_config)
+    _trainable_in_fp32(peft_model)
     trainable, total = peft_model.get_nb_trainable_parameters()
     log.info("LoRA r=%s on %s: %s trainable of %s parameters (%.3f%%)", lora_config.r,
              sorted(peft_model.peft_config["default"].target_modules), f"{trainable:,}", f"{total:,}",

@@ -5,11 +5,14 @@ step was measured 8x slower than fp32 (issue 10), so such CPUs get fp32. On CUDA
 else fp16 (with loss scaling, which accelerate adds for fp16).
 """
 
+import logging
+import os
 from pathlib import Path
 from typing import FrozenSet, Optional
 
 NATIVE_BF16 = {"avx512_bf16", "amx_bf16"}  # the names in /proc/cpuinfo and in torch.cpu.get_capabilities()
 CPUINFO = Path("/proc/cpuinfo")
+log = logging.getLogger(__name__)
 
 
 def cpu_features() -> FrozenSet[str]:
@@ -52,3 +55,87 @@ def resolve_precision(precision: str, device: str) -> str:
     if device == "cuda":
         return "fp16" if cuda_bf16() is False else "bf16"
     return "bf16" if NATIVE_BF16 & cpu_features() else "fp32"
+
+
+def run_device(device: str) -> str:
+    """The device this process computes on: ``cpu``, or the CUDA device of its rank.
+
+    ``accelerate launch`` and ``torchrun`` start one process per GPU and tell each its ``LOCAL_RANK``; a single
+    process is rank 0. Loading, training and evaluation all place the model here, so rank 1 never loads onto GPU 0.
+    """
+    if device != "cuda":
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+
+
+def use_device(device: str) -> str:
+    """Make ``run_device(device)`` this process's current CUDA device, with TF32 matmuls on Ampere and newer.
+
+    bitsandbytes and ``torch.cuda.max_memory_allocated`` act on the current device, so it is set before any
+    weight loads. TF32 keeps fp32 matmuls (the fp32 parts of a mixed-precision step) on the tensor cores at a
+    precision close to bf16's mantissa, which is what training in fp32 on these cards is expected to use.
+
+    Returns:
+        The device, as ``run_device`` names it.
+    """
+    target = run_device(device)
+    if target == "cpu":
+        return target
+    import torch
+
+    torch.cuda.set_device(target)
+    if torch.cuda.get_device_capability(target)[0] >= 8:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return target
+
+
+def load_device(device: str) -> str:
+    """Where to re-load a finished run (``llmft-eval``, ``llmft-chat``): ``cuda`` if it trained there and this
+    machine has a CUDA GPU, else ``cpu`` (a GPU run read on a laptop)."""
+    if device != "cuda":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    log.info("This run trained on CUDA and this machine has no CUDA GPU: loading it on the CPU.")
+    return "cpu"
+
+
+def weights_dtype(precision: str, device: str) -> str:
+    """The dtype name of a model's unquantized weights: the run's 16-bit precision on a GPU, fp32 on a CPU (where
+    autocast computes in 16 bits and the optimizer keeps fp32 weights)."""
+    if device != "cuda":
+        return "float32"
+    return {"bf16": "bfloat16", "fp16": "float16"}.get(resolve_precision(precision, "cuda"), "float32")
+
+
+def check_attention(attn_implementation: str, device: str) -> None:
+    """Refuse ``flash_attention_2`` where it cannot run: off a GPU, without the ``flash-attn`` package, or on a card
+    older than Ampere (compute capability 8.0), which FlashAttention 2 does not support.
+
+    Raises:
+        ConfigError: with what to use instead.
+    """
+    if attn_implementation != "flash_attention_2":
+        return
+    from transformers.utils import is_flash_attn_2_available
+
+    from llmft.errors import ConfigError
+
+    why = None
+    if run_device(device) == "cpu":
+        why = "it runs only on a CUDA GPU, and this run is on the CPU"
+    elif not is_flash_attn_2_available():
+        why = "the flash-attn package is not installed (pip install flash-attn --no-build-isolation)"
+    else:
+        import torch
+
+        major, minor = torch.cuda.get_device_capability(run_device(device))
+        if major < 8:
+            why = f"this GPU has compute capability {major}.{minor}, and FlashAttention 2 needs 8.0 (Ampere) or newer"
+    if why:
+        raise ConfigError(f"model.attn_implementation=flash_attention_2 cannot run here: {why}. Use "
+                          "model.attn_implementation=sdpa (PyTorch's own fused attention, the default), which runs "
+                          "everywhere.")

@@ -47,6 +47,7 @@ class TrainResult:
     tokens_per_s: float
     duration_s: float
     resumed_from_step: int = 0
+    skipped_steps: int = 0
 
 
 @dataclass
@@ -57,6 +58,7 @@ class LoopState:
     epoch: int = 0           # the epoch the next micro-batch comes from
     batch: int = 0           # micro-batches of that epoch (this process's share) already trained on
     tokens: int = 0          # tokens trained on, all processes
+    skipped: int = 0         # optimizer steps fp16's loss scaler skipped (inf/NaN gradients); the schedule waited
     elapsed_s: float = 0.0   # training time before this process started
     losses: List[List[float]] = field(default_factory=list)  # [epoch, loss] per optimizer step
     rows: List[dict] = field(default_factory=list)           # the metrics.jsonl lines so far
@@ -150,7 +152,7 @@ class TrainingLoop:
         AcceleratorState._reset_state()  # a sweep's jobs share this process; each sets its own precision
         GradientState._reset_state()
         self.device = hardware.device
-        accelerator = Accelerator(mixed_precision=MIXED_PRECISION[hardware.precision], cpu=hardware.device == "cpu")
+        accelerator = _accelerator(hardware)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = optimizer(params, lr=self.learning_rate, weight_decay=self.weight_decay)
         model, opt = accelerator.prepare(model, opt)
@@ -207,7 +209,7 @@ class TrainingLoop:
         tail = [l for e, l in self.state.losses if e == last]
         return TrainResult(steps=total, final_loss=loss, mean_loss_last_epoch=sum(tail) / max(len(tail), 1),
                            tokens_per_s=self.state.tokens / max(duration, 1e-9), duration_s=duration,
-                           resumed_from_step=first)
+                           resumed_from_step=first, skipped_steps=self.state.skipped)
 
     def _next_window(self, epoch_batches: "_Sharded", accum: int, dataset, collate) -> List[dict]:
         """The next ``accum`` micro-batches of the current epoch (fewer at its end); advances the position."""
@@ -220,24 +222,29 @@ class TrainingLoop:
 
     def _step(self, model, window: List[dict], accelerator: Accelerator, params, opt, sched, objective):
         """One optimizer step over a window of micro-batches; returns (mean loss, tokens, grad norm)."""
-        window = [{k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()} for batch in window]
+        # counted on the host before the copy, and the loss summed on the device: one sync per step, not per batch
         units = sum(objective.units(b) for b in window)  # the loss is a mean over all processes' units
+        tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
+                     for b in window)
+        window = [_to_device(batch, accelerator.device) for batch in window]
         units = int(accelerator.gather(torch.tensor([units], device=accelerator.device)).sum())
-        loss_sum, tokens = 0.0, 0
+        loss_sum = torch.zeros((), device=accelerator.device)
         for i, batch in enumerate(window):
             sync = accelerator.no_sync(model) if i < len(window) - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
                 loss = objective.loss_sum(model, batch) / max(units, 1)
             # DDP averages gradients over processes; the loss is already divided by the global token count.
             accelerator.backward(loss * accelerator.num_processes)
-            loss_sum += float(loss.detach())
-            tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+            loss_sum += loss.detach().float()
         # each process holds its share of the window's loss and tokens: the step's figures are their sums
-        loss_sum, tokens = accelerator.reduce(torch.tensor([loss_sum, float(tokens)], device=accelerator.device),
-                                              reduction="sum").tolist()
+        figures = torch.stack([loss_sum, torch.tensor(float(tokens), device=accelerator.device)])
+        loss_sum, tokens = accelerator.reduce(figures, reduction="sum").tolist()
         grad_norm = _clip(accelerator, params, self.max_grad_norm)
         opt.step()
-        sched.step()
+        if accelerator.optimizer_step_was_skipped:  # fp16: the scaler found inf/NaN gradients and lowered its scale
+            self.state.skipped += 1
+        else:
+            sched.step()  # the schedule counts the steps that updated the weights
         opt.zero_grad(set_to_none=True)
         return loss_sum, int(tokens), grad_norm
 
@@ -264,7 +271,8 @@ class TrainingLoop:
     def _log(self, recorder, step, epoch, loss, lr, grad_norm, total) -> None:
         tokens_per_s = self.state.tokens / max(self.state.elapsed_s, 1e-9)
         row = {"step": step, "epoch": round(epoch, 4), "loss": loss, "learning_rate": lr, "grad_norm": grad_norm,
-               "tokens_per_s": round(tokens_per_s, 1), "peak_memory_mb": round(peak_memory_mb(self.device), 1)}
+               "tokens_per_s": round(tokens_per_s, 1), "peak_memory_mb": round(peak_memory_mb(self.device), 1),
+               "skipped_steps": self.state.skipped}
         self.state.rows.append(row)
         recorder.log_step(row)
         log.info("step %d/%d  epoch %.2f  loss %.4f  lr %.2e  grad_norm %.3f  %.0f tok/s", step, total,
@@ -293,6 +301,18 @@ class _Sharded:
             batches += batches[: (-len(batches)) % self.world]  # repeat a few so that processes stay in step
             self._epoch, self._batches = epoch, batches[self.rank:: self.world]
         return self._batches
+
+
+def _accelerator(hardware: Hardware) -> Accelerator:
+    """accelerate for this run's precision and device (fp16 on a GPU brings its loss scaler)."""
+    return Accelerator(mixed_precision=MIXED_PRECISION[hardware.precision], cpu=hardware.device == "cpu")
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    """A batch on ``device``; to a GPU through pinned host memory, so that the copy does not wait on the host."""
+    if device.type != "cuda":
+        return {k: v.to(device) for k, v in batch.items()}
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def _clip(accelerator: Accelerator, params, max_norm: Optional[float]) -> float:

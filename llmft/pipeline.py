@@ -15,7 +15,6 @@ from omegaconf import DictConfig
 from safetensors import SafetensorError
 
 from llmft.adapters import apply_lora
-from llmft.config.resolvers import precision_to_dtype
 from llmft.config.validate import validate
 from llmft.data import Splits, load_splits, pad_collate, tokenize_records
 from llmft.data.templates import use_chat_template
@@ -25,7 +24,7 @@ from llmft.environment import describe_environment
 from llmft.errors import DeviceUnavailableError
 from llmft.evaluation import EvalData, Perplexity, build_eval_report, run_evaluators, samples_markdown
 from llmft.files import WriteError, atomic_write, read_json, write_json, write_manifest
-from llmft.hardware import resolve_precision
+from llmft.hardware import resolve_precision, use_device, weights_dtype
 from llmft.interrupt import Interrupted
 from llmft.loop import Hardware
 from llmft.loss_curve import draw_loss_curve
@@ -123,16 +122,17 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
     set_seed(cfg.seed)
     splits = read_splits(cfg, recorder.output_dir)
     quantization = build(cfg.quantization)
+    device = use_device(hardware.device)  # this rank's GPU, current before any weight loads
     loaded = build(cfg.model, quantization_config=quantization,
-                   dtype=precision_to_dtype(resolve_precision(hardware.precision, hardware.device))
-                   if hardware.device == "cuda" else "float32", device=hardware.device, cache_dir=cfg.paths.cache_dir)
+                   dtype=weights_dtype(hardware.precision, hardware.device), device=hardware.device,
+                   cache_dir=cfg.paths.cache_dir)
     tokenizer = loaded.tokenizer
     (train_set, train_dropped), (val_set, _) = tokenize_split(cfg, tokenizer, splits.train, "train"), \
         tokenize_split(cfg, tokenizer, splits.val, "val")
     set_seed(cfg.seed)  # the adapters' initial weights do not depend on what loading did (a first-run conversion)
     model = apply_lora(loaded.model, build(cfg.lora), hardware.gradient_checkpointing)
     if quantization is None:
-        model.to(hardware.device)
+        model.to(device)
     evaluators = {name: build(node) for name, node in (cfg.eval or {}).items()}
     eval_data = EvalData(records=splits.val, tokenized=val_set)
     precision = functools.partial(evaluation_precision, hardware)
@@ -161,7 +161,7 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
     trainable, total = model.get_nb_trainable_parameters()
     return {"model": loaded.name, "final_train_loss": result.final_loss,
             "mean_train_loss_last_epoch": result.mean_loss_last_epoch, "train_steps": result.steps,
-            "resumed_from_step": result.resumed_from_step,
+            "resumed_from_step": result.resumed_from_step, "skipped_steps": result.skipped_steps,
             "train_records": len(train_set), "dropped_records": train_dropped,
             "truncated_records": records_cut(train_set, cfg.data.max_seq_length), "rejected_records": splits.rejected,
             "duplicate_records": splits.duplicates, "eval_loss": report.get("eval_loss"),
@@ -200,13 +200,16 @@ def _save_outputs(folder: Path, model, tokenizer, samples: str) -> None:
     staging.rename(folder / "adapter")
 
 
-def evaluation_precision(hardware: DictConfig):
-    """The autocast that training used, so that base and fine-tuned figures are computed at the same precision."""
+def evaluation_precision(hardware: DictConfig, device: Optional[str] = None):
+    """The autocast that training used, so that base and fine-tuned figures are computed at the same precision.
+
+    ``device`` (``cpu``/``cuda``) is where the model is now, when not the run's own (a GPU run re-evaluated on a CPU).
+    """
     precision = resolve_precision(hardware.precision, hardware.device)
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=hardware.device, dtype=dtype)
+    return torch.autocast(device_type=device or hardware.device, dtype=dtype)
 
 
 def _under(precision, evaluator, model, tokenizer, data):

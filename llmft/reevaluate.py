@@ -26,21 +26,24 @@ def reevaluate(folder: str, overrides: Sequence[str] = ()) -> Path:
         LlmftError: not a completed run, a bad override, or ``eval=none``.
     """
     from llmft.evaluation import EvalData, build_eval_report, run_evaluators, samples_markdown
-    from llmft.pipeline import build, read_splits, tokenize_split
+    from llmft.hardware import load_device
+    from llmft.pipeline import build, evaluation_precision, read_splits, tokenize_split
     from llmft.recording import RunRecorder
 
     run = open_run(folder, overrides)
     cfg = run.cfg
     if not cfg.eval:
         raise ConfigError("eval is none, so there is nothing to evaluate: pass eval=standard or eval=full.")
-    model, loaded = load_with_adapter(run)
+    device = load_device(cfg.hardware.device)
+    model, loaded = load_with_adapter(run, device=device)
     splits = read_splits(cfg)
     val, _ = tokenize_split(cfg, loaded.tokenizer, splits.val, "val")
     data = EvalData(records=splits.val, tokenized=val)
     evaluators = {name: build(node) for name, node in cfg.eval.items()}
-    with model.disable_adapter():
+    with model.disable_adapter(), evaluation_precision(cfg.hardware, device):  # as training evaluated: same autocast
         base = run_evaluators(evaluators, model, loaded.tokenizer, data, "base")
-    tuned = run_evaluators(evaluators, model, loaded.tokenizer, data, "fine-tuned")
+    with evaluation_precision(cfg.hardware, device):
+        tuned = run_evaluators(evaluators, model, loaded.tokenizer, data, "fine-tuned")
     report = {**build_eval_report(base, tuned), "overrides": list(overrides)}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = _unused(run.folder / f"eval_report-{stamp}.json")

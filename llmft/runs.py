@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -74,23 +74,34 @@ def open_run(folder: str, overrides: Sequence[str] = ()) -> FinishedRun:
     return FinishedRun(folder=path, cfg=cfg, summary=summary)
 
 
-def load_with_adapter(run: FinishedRun, quantized: bool = True, dtype: str = "float32", adapter: Path = None):
+def load_with_adapter(run: FinishedRun, quantized: bool = True, dtype: Optional[str] = None, adapter: Path = None,
+                      device: Optional[str] = None):
     """Load the run's base model (with its quantization, unless ``quantized`` is False) and its adapter.
 
     ``adapter`` is another copy of the adapter to load (an export); by default the run's own.
+
+    Args:
+        run: the finished run.
+        quantized: load the base with the run's quantization.
+        dtype: the unquantized weights' dtype; default the run's own (16-bit on a GPU, as it trained).
+        adapter: another copy of the adapter to load (an export); by default the run's own.
+        device: ``cpu`` or ``cuda``; default the run's device where this machine has it, else the CPU.
 
     Returns:
         ``(peft_model, loaded)``: the ``PeftModel`` and the ``LoadedModel`` of the base (name, tokenizer, source).
     """
     from peft import PeftModel
 
+    from llmft.hardware import load_device, run_device, weights_dtype
     from llmft.pipeline import build
 
     cfg = run.cfg
+    device = device or load_device(cfg.hardware.device)
     quantization = build(cfg.quantization) if quantized else None
-    loaded = build(cfg.model, quantization_config=quantization, dtype=dtype, device=cfg.hardware.device,
+    loaded = build(cfg.model, quantization_config=quantization,
+                   dtype=dtype or weights_dtype(cfg.hardware.precision, device), device=device,
                    cache_dir=cfg.paths.cache_dir)
     model = PeftModel.from_pretrained(loaded.model, adapter or run.adapter)
     if quantization is None:
-        model.to(cfg.hardware.device)
+        model.to(run_device(device))
     return model.eval(), loaded

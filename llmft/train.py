@@ -57,15 +57,17 @@ def hydra_main(cfg: DictConfig) -> float:
 
 
 def release_memory() -> None:
-    """Hydra's basic launcher runs every job in this process: free what a job left before the next one."""
+    """Hydra's basic launcher runs every job in this process (joblib reuses its workers): free what a job left,
+    and lift its ``hardware.emulate`` cap, before the next one."""
     import gc
 
     import torch
 
     gc.collect()
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats()  # the current device: the job's own (llmft.hardware.use_device)
+        torch.cuda.set_per_process_memory_fraction(1.0)  # a job's hardware.emulate cap ends with it
 
 
 def main() -> None:

@@ -26,6 +26,8 @@ def main(argv=None) -> None:
     parser.add_argument("--tolerance", type=float, help="max |logit difference| accepted (default per dtype)")
     parser.add_argument("--trust-remote-code", action="store_true", help="accept a run whose model runs its own "
                         "Python code (model.trust_remote_code); a run folder alone cannot turn it on")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the base is re-loaded, "
+                        "merged and checked (default cpu: needs no GPU, and spares a small GPU's memory)")
     parser.add_argument("--gguf", nargs="?", const="f16", choices=list(GGUF_TOLERANCE),
                         help="also write gguf/model.gguf (default type f16) with an Ollama Modelfile, checked")
     parser.add_argument("--gguf-tolerance", type=float,
@@ -38,7 +40,8 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     try:
         out = export_run(args.run_dir, args.out, args.merge, args.force, args.dtype, args.tolerance, args.gguf,
-                         args.gguf_tolerance, args.trust_remote_code)
+                         args.gguf_tolerance, args.trust_remote_code,
+                         args.device)
     except LlmftError as exc:
         fail(str(exc), code=2, program="llmft-export")
     report = json.loads((out / "export_report.json").read_text())

@@ -23,6 +23,7 @@ from llmft.export.gguf_export import TOLERANCE as GGUF_TOLERANCE
 from llmft.export.gguf_writer import check_supported
 from llmft.export.parity import sample_conversation
 from llmft.export.probes import Probes, held_aside, max_logit_difference, probe_batch, validation_records
+from llmft.hardware import run_device
 from llmft.runs import FinishedRun, load_with_adapter, open_run
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class ExportError(LlmftError):
 
 def export_run(folder: str, out: Optional[str] = None, merge: bool = False, force: bool = False,
                dtype: str = "float32", tolerance: Optional[float] = None, gguf: Optional[str] = None,
-               gguf_tolerance: Optional[float] = None, trust_remote_code: bool = False) -> Path:
+               gguf_tolerance: Optional[float] = None, trust_remote_code: bool = False, device: str = "cpu") -> Path:
     """Export the run in ``folder`` to ``out`` (default ``RUN/export``); returns ``out``.
 
     Args:
@@ -49,12 +50,16 @@ def export_run(folder: str, out: Optional[str] = None, merge: bool = False, forc
             Modelfile, checked by transformers' GGUF reader (:mod:`llmft.export.gguf_export`).
         gguf_tolerance: the largest logit difference, relative to the logit range, accepted for the GGUF.
         trust_remote_code: accept a run whose saved config sets ``model.trust_remote_code`` (its model's own code).
+        device: where the base is re-loaded, merged and checked: ``cpu`` (the default: any machine can, and a
+            float32 copy of the base never competes with a GPU's memory) or ``cuda``.
 
     Raises:
-        ExportError: the export exists, or the merged model's logits differ beyond ``tolerance``.
+        ExportError: the export exists, ``device`` is ``cuda`` on a machine without one, or the merged model's
+            logits differ beyond ``tolerance``.
         GGUFError: the model cannot be written as GGUF, or the file failed its check.
         ParityError: the inference prompt or the stop tokens differ from training's.
     """
+    _check_device(device)  # before anything is read: a raw CUDA error later would say nothing
     run = open_run(folder, ["model.trust_remote_code=true"] if trust_remote_code else ())
     target = Path(out).expanduser() if out else run.folder / "export"
     if target.exists() and not force:
@@ -68,7 +73,7 @@ def export_run(folder: str, out: Optional[str] = None, merge: bool = False, forc
     shutil.rmtree(staging, ignore_errors=True)
     try:
         tolerance = TOLERANCE[dtype] if tolerance is None else tolerance
-        report = _write(run, staging, merge, dtype, tolerance, gguf, gguf_tolerance)
+        report = _write(run, staging, merge, dtype, tolerance, gguf, gguf_tolerance, device)
         (staging / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
         if target.exists():
             shutil.rmtree(target)
@@ -79,7 +84,7 @@ def export_run(folder: str, out: Optional[str] = None, merge: bool = False, forc
 
 
 def _write(run: FinishedRun, staging: Path, merge: bool, dtype: str, tolerance: float, gguf: Optional[str],
-           gguf_tolerance: Optional[float]) -> dict:
+           gguf_tolerance: Optional[float], device: str) -> dict:
     eval_report = run.folder / "eval_report.json"
     report_data = json.loads(eval_report.read_text()) if eval_report.is_file() else None
     shutil.copytree(run.adapter, staging / "adapter")
@@ -87,14 +92,14 @@ def _write(run: FinishedRun, staging: Path, merge: bool, dtype: str, tolerance: 
     report = {"run": str(run.folder), "base_model": run.cfg.model.name_or_path, "adapter": "adapter",
               "quantization": None if run.cfg.quantization is None else dict(run.cfg.quantization)}
     if merge or gguf:
-        report.update(_full_model(run, staging, merge, dtype, tolerance, gguf, gguf_tolerance))
+        report.update(_full_model(run, staging, merge, dtype, tolerance, gguf, gguf_tolerance, device))
     return report
 
 
 def _full_model(run: FinishedRun, staging: Path, merge: bool, dtype: str, tolerance: float, gguf: Optional[str],
-                gguf_tolerance: Optional[float]) -> dict:
-    """Merge the adapter into the float32 base; write and check ``merged/`` and/or ``gguf/``."""
-    model, loaded = load_quietly(run, quantized=False, dtype="float32", adapter=staging / "adapter")
+                gguf_tolerance: Optional[float], device: str) -> dict:
+    """Merge the adapter into the float32 base on ``device``; write and check ``merged/`` and/or ``gguf/``."""
+    model, loaded = load_quietly(run, quantized=False, dtype="float32", adapter=staging / "adapter", device=device)
     tokenizer = loaded.tokenizer
     if gguf:
         check_supported(model.config)  # before the slow part
@@ -112,11 +117,12 @@ def _full_model(run: FinishedRun, staging: Path, merge: bool, dtype: str, tolera
         figures.update(export_gguf(merged, tokenizer, staging / "gguf", gguf, probes, run.cfg.model.name_or_path,
                                    gguf_tolerance))
     if merge:  # after the GGUF: saving in 16-bit casts the model in place
-        figures.update(_merge(run, merged, tokenizer, staging, probes, dtype, tolerance))
+        figures.update(_merge(run, merged, tokenizer, staging, probes, dtype, tolerance, device))
     return figures
 
 
-def _merge(run: FinishedRun, merged, tokenizer, staging: Path, probes: Probes, dtype: str, tolerance: float) -> dict:
+def _merge(run: FinishedRun, merged, tokenizer, staging: Path, probes: Probes, dtype: str, tolerance: float,
+           device: str) -> dict:
     from transformers import AutoModelForCausalLM
 
     batch, reference = probes.batch, probes.reference
@@ -124,12 +130,13 @@ def _merge(run: FinishedRun, merged, tokenizer, staging: Path, probes: Probes, d
     tokenizer.save_pretrained(staging / "merged")
     reloaded = AutoModelForCausalLM.from_pretrained(staging / "merged", dtype=torch.float32,
                                                     trust_remote_code=bool(run.cfg.model.get("trust_remote_code")))
+    reloaded.to(run_device(device))  # compared on the device the reference logits came from
     difference = max_logit_difference(reference, _logits(reloaded, batch), batch["attention_mask"])
     figures = {"merged": "merged", "merged_dtype": dtype, "probe_tokens": int(batch["attention_mask"].sum()),
                "max_abs_logit_difference": difference, "tolerance": tolerance}
     log.info("Merged model vs base + adapter: max |logit difference| %.3g (tolerance %.3g)", difference, tolerance)
     if run.cfg.quantization is not None:
-        quantized, _ = load_quietly(run, quantized=True, adapter=staging / "adapter")
+        quantized, _ = load_quietly(run, quantized=True, adapter=staging / "adapter", device=device)
         figures["quantization_gap_max_abs"] = max_logit_difference(_logits(quantized, batch), reference,
                                                                    batch["attention_mask"])
     if not difference <= tolerance:
@@ -137,6 +144,14 @@ def _merge(run: FinishedRun, merged, tokenizer, staging: Path, probes: Probes, d
                           f"the tolerance {tolerance:.3g}; nothing was written. Export in float32 (--dtype float32) "
                           "or, if you accept the difference, raise --tolerance.")
     return figures
+
+
+def _check_device(device: str) -> None:
+    if device not in ("cpu", "cuda"):
+        raise ExportError(f"--device {device} is not one llmft exports on: choose cpu (the default) or cuda.")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ExportError("--device cuda needs a CUDA GPU, and this machine has none (or torch was installed without "
+                          "CUDA). Leave --device out to merge and check on the CPU, which any machine can do.")
 
 
 def load_quietly(run: FinishedRun, **kwargs):

@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreT
 
 from llmft.data.tokenizer import open_tokenizer
 from llmft.errors import ModelLoadError
+from llmft.hardware import check_attention, run_device
 from llmft.models.hub import resolve_source
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,10 @@ def load_from(source: str, *, name: str, quantization_config: Any, dtype: str, d
         kwargs = dict(dtype=getattr(torch, dtype), revision=revision, trust_remote_code=trust_remote_code,
                       attn_implementation=attn_implementation)
         if quantization_config is not None:
-            kwargs.update(quantization_config=quantization_config, device_map={"": 0 if device == "cuda" else "cpu"})
+            kwargs.update(quantization_config=quantization_config, device_map={"": run_device(device)})
+        check_attention(attn_implementation, device)
+        if dtype == "float16" or getattr(quantization_config, "bnb_4bit_compute_dtype", None) == torch.float16:
+            warn_fp16(AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code), name)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as exc:
         raise ModelLoadError(f"could not load model {name} from {source}: {exc}") from None
@@ -124,3 +128,14 @@ def load_from(source: str, *, name: str, quantization_config: Any, dtype: str, d
     log.info("Loaded %s from %s (%s%s)", name, source, dtype,
              f", {type(quantization_config).__name__}" if quantization_config is not None else "")
     return LoadedModel(model=model, tokenizer=tok, name=name, source=source)
+
+
+def warn_fp16(config: Any, name: str) -> None:
+    """Warn when a model trained in bf16 is about to run in fp16: its activations can exceed fp16's range (65504),
+    which shows as skipped optimizer steps (``skipped_steps`` in ``metrics.jsonl``) or a NaN loss."""
+    trained = str(getattr(config, "dtype", None) or "")
+    if trained.endswith("bfloat16"):
+        log.warning("%s was trained in bfloat16 and this run computes in float16 (hardware.precision=fp16, e.g. a "
+                    "GTX 1660 without bf16): its activations may overflow float16. Watch skipped_steps in "
+                    "metrics.jsonl; if the loss turns NaN or many steps are skipped, use hardware.precision=fp32 "
+                    "(slower, more memory) or a GPU with bf16 (Ampere or newer).", name)

@@ -12,7 +12,8 @@ from llmft.errors import ConfigError, MemoryBudgetError
 from llmft.planning.fit import Suggestion, suggest
 from llmft.planning.plan import CUDA_CONTEXT_BYTES, MemoryPlan, plan_memory
 from llmft.planning.report import format_plan, size
-from llmft.planning.setup import GIB, setup_from_cfg
+from llmft.hardware import run_device
+from llmft.planning.setup import GIB, Setup, setup_from_cfg
 
 log = logging.getLogger(__name__)
 MIB = 2**20
@@ -30,7 +31,7 @@ def plan_run(cfg: DictConfig) -> Optional[MemoryPlan]:
     """
     check_model_available(cfg)
     try:
-        plan = plan_memory(setup_from_cfg(cfg))
+        plan = plan_memory(card_budget(setup_from_cfg(cfg)))
     except ConfigError as exc:
         log.warning("No memory plan for this run: %s", exc)
         return None
@@ -39,6 +40,27 @@ def plan_run(cfg: DictConfig) -> Optional[MemoryPlan]:
              "llmft-plan prints the same):\n%s", plan.setup.seq_len,
              format_plan(plan, [] if plan.fits else suggest(plan.setup)))
     return plan
+
+
+def card_budget(setup: Setup) -> Setup:
+    """The setup with the budget of the card this run is on, when that is below the profile's nominal size.
+
+    A "6 GB" GTX 1660 reports about 5.8 GiB to torch, a "24 GB" RTX 4090 about 23.6 GiB and an "80 GB" A100
+    about 79.1 GiB: the nominal budget would let a run plan into memory the card does not have. A larger card keeps
+    the profile's budget (the profile is what the run is sized for; ``hardware.emulate`` caps it there).
+    """
+    if setup.device != "cuda":
+        return setup
+    import torch
+
+    if not torch.cuda.is_available():
+        return setup
+    total_gb = torch.cuda.get_device_properties(run_device("cuda")).total_memory / GIB
+    if total_gb >= setup.budget_gb:
+        return setup
+    log.info("hardware=%s: this GPU has %.2f GiB in all, below the profile's %g GiB; planning against %.2f GiB.",
+             setup.profile, total_gb, setup.budget_gb, total_gb)
+    return replace(setup, budget_gb=round(total_gb, 2))
 
 
 def fit_budget(cfg: DictConfig, plan: Optional[MemoryPlan]) -> Tuple[Optional[MemoryPlan], Dict[str, Any]]:
@@ -94,8 +116,9 @@ def apply_changes(cfg: DictConfig, changes: Mapping[str, Any]) -> None:
 def emulate_budget(cfg: DictConfig) -> Dict[str, Any]:
     """With ``hardware.emulate``, cap this process's CUDA memory at the profile's budget.
 
-    The caching allocator is limited to the budget less the CUDA context (which it does not manage), so a run
-    that needs more than the profile's card fails on a larger card as it would on that card.
+    The caching allocator of this process's GPU (``llmft.hardware.run_device``) is limited to the budget less
+    the CUDA context (which it does not manage), so a run that needs more than the profile's card fails on a
+    larger card as it would on that card.
 
     Returns:
         ``{"emulated_memory_fraction": ...}`` for ``summary.json``, or nothing when not emulating.
@@ -106,13 +129,14 @@ def emulate_budget(cfg: DictConfig) -> Dict[str, Any]:
 
     if not torch.cuda.is_available():
         raise ConfigError("hardware.emulate=true caps a GPU's memory, and this machine has no CUDA GPU.")
-    total = torch.cuda.get_device_properties(0).total_memory
+    device = torch.device(run_device("cuda"))
+    total = torch.cuda.get_device_properties(device).total_memory
     budget = cfg.hardware.memory_budget_gb * GIB - CUDA_CONTEXT_BYTES
     if budget >= total:
         log.warning("hardware.emulate: the budget (%s GiB) is not below this GPU's %s; nothing to cap.",
                     cfg.hardware.memory_budget_gb, size(total))
         return {}
-    torch.cuda.set_per_process_memory_fraction(budget / total, 0)
+    torch.cuda.set_per_process_memory_fraction(budget / total, device)  # this rank's GPU; reset after the job
     log.info("hardware.emulate: torch may allocate %s of this GPU's %s (%s GiB budget less the CUDA context)",
              size(budget), size(total), cfg.hardware.memory_budget_gb)
     return {"emulated_memory_fraction": round(budget / total, 4)}
@@ -128,7 +152,7 @@ def memory_summary(plan: Optional[MemoryPlan], summary: Mapping[str, Any], peak_
     if plan is None:
         return {}
     out: Dict[str, Any] = {"memory_plan": plan.to_dict()}
-    if summary.get("status") == "completed" and summary.get("longest_sequence"):
+    if summary.get("status") == "completed" and summary.get("longest_sequence") and peak_mb > 0:
         at = plan_memory(replace(plan.setup, seq_len=min(summary["longest_sequence"], plan.setup.seq_len)))
         out["predicted_peak_mb"] = round(at.predicted_peak_bytes / MIB, 1)
         out["memory_error_pct"] = round(100 * (at.predicted_peak_bytes / MIB - peak_mb) / peak_mb, 1)
