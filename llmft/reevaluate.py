@@ -25,8 +25,8 @@ def reevaluate(folder: str, overrides: Sequence[str] = ()) -> Path:
     Raises:
         LlmftError: not a completed run, a bad override, or ``eval=none``.
     """
-    from llmft.evaluation import EvalData, build_eval_report, run_evaluators, samples_markdown
-    from llmft.pipeline import build, read_splits, tokenize_split
+    from llmft.evaluation import build_eval_report, run_evaluators, samples_markdown
+    from llmft.pipeline import build, evaluation_data, read_splits
     from llmft.recording import RunRecorder
 
     run = open_run(folder, overrides)
@@ -35,8 +35,7 @@ def reevaluate(folder: str, overrides: Sequence[str] = ()) -> Path:
         raise ConfigError("eval is none, so there is nothing to evaluate: pass eval=standard or eval=full.")
     model, loaded = load_with_adapter(run)
     splits = read_splits(cfg)
-    val, _ = tokenize_split(cfg, loaded.tokenizer, splits.val, "val")
-    data = EvalData(records=splits.val, tokenized=val)
+    data = evaluation_data(cfg, loaded.tokenizer, splits.val)
     evaluators = {name: build(node) for name, node in cfg.eval.items()}
     with model.disable_adapter():
         base = run_evaluators(evaluators, model, loaded.tokenizer, data, "base")
