@@ -26,7 +26,7 @@ LLMFT_TARGETS = frozenset({
     "llmft.models.load_pretrained", "llmft.models.build_tiny",
     "llmft.data.formats.auto", "llmft.data.formats.alpaca", "llmft.data.formats.sharegpt",
     "llmft.data.formats.messages", "llmft.data.formats.csv", "llmft.data.formats.text",
-    "llmft.data.preference.preference", "llmft.objectives.DPO", "llmft.objectives.ORPO",
+    "llmft.data.preference.chosen", "llmft.data.preference.preference", "llmft.objectives.DPO", "llmft.objectives.ORPO",
     "llmft.evaluation.PreferenceAccuracy",
     "llmft.loop.TrainingLoop", "llmft.objectives.SFT", "llmft.tracking.WandbLogger", "llmft.sweeps.callback.SweepSummary",
     "llmft.evaluation.Perplexity", "llmft.evaluation.PromptAnswers", "llmft.evaluation.ReferenceMetrics",
