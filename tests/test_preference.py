@@ -236,3 +236,20 @@ def test_qlora_dpo_runs_and_reports_preference_figures(make_cfg, tmp_path):
     assert set(report["metrics"]["finetuned"]) == {"preference_accuracy", "reward_margin", "logp_accuracy",
                                                    "chosen_logp", "rejected_logp"}
     assert report["metrics"]["base"]["reward_margin"] == 0.0
+
+
+@pytest.mark.slow
+def test_sweeps_over_the_objective_and_its_beta(tmp_path, cache_dir):
+    from tests.test_sweeps import sweep
+
+    path = realdata("preference", "dpo_en_demo.json")
+    common = [f"data.path={path}", "data_format=preference", "data.max_seq_length=256"]
+    rows = sweep(tmp_path / "objectives", *common, "objective=sft,dpo", cache_dir=cache_dir)
+    assert [r["status"] for r in rows] == ["completed"] * 2
+    reports = [json.loads((tmp_path / "objectives" / str(n) / "eval_report.json").read_text()) for n in (0, 1)]
+    assert all("preference_accuracy" in r["metrics"]["finetuned"] for r in reports)  # SFT on pairs is scored too
+    rows = sweep(tmp_path / "betas", *common, "objective=dpo", "objective.beta=0.1,0.5", cache_dir=cache_dir)
+    assert [r["status"] for r in rows] == ["completed"] * 2
+    margins = [json.loads((tmp_path / "betas" / str(n) / "metrics.jsonl").read_text().splitlines()[-1])
+               ["rewards/margin"] for n in (0, 1)]
+    assert margins[0] != margins[1]  # beta reached the objective
