@@ -236,6 +236,7 @@ def test_qlora_dpo_runs_and_reports_preference_figures(make_cfg, tmp_path):
     assert set(report["metrics"]["finetuned"]) == {"preference_accuracy", "reward_margin", "logp_accuracy",
                                                    "chosen_logp", "rejected_logp"}
     assert report["metrics"]["base"]["reward_margin"] == 0.0
+    assert "| preference_accuracy |" in (tmp_path / "samples.md").read_text()  # a table without perplexity too
 
 
 @pytest.mark.slow

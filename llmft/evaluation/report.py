@@ -48,9 +48,9 @@ def _prompt_results(base: Dict[str, dict], tuned: Dict[str, dict]) -> List[dict]
 def samples_markdown(report: dict, title: str) -> str:
     """A readable side-by-side of the base and fine-tuned answers, with the headline figures first."""
     lines = [f"# {title}", ""]
-    if "perplexity" in report:
+    if "perplexity" in report or report.get("metrics"):
         lines += ["| | base | fine-tuned | change |", "|---|---|---|---|"]
-        for key in ("eval_loss", "perplexity"):
+        for key in ("eval_loss", "perplexity") if "perplexity" in report else ():
             lines.append(f"| {key} | {report['base'][key]:.4f} | {report[key]:.4f} | {report['delta'][key]:+.4f} |")
         for key, value in report.get("metrics", {}).get("finetuned", {}).items():
             base = report["metrics"]["base"][key]
