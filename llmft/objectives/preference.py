@@ -11,6 +11,7 @@ a pair is the base model's figure whatever step computes it and a resumed run co
 """
 
 import contextlib
+import math
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -44,9 +45,13 @@ def orpo_losses(chosen_mean: torch.Tensor, rejected_mean: torch.Tensor, beta: fl
     """The ORPO loss of each pair (Hong et al. 2024) from the mean per-token log-probability of each reply:
     the chosen reply's negative log-likelihood plus ``-beta log sigmoid(log odds(chosen) - log odds(rejected))``,
     with ``log odds(p) = log p - log(1 - p)``."""
-    log_odds = (chosen_mean - rejected_mean) - (torch.log(-torch.expm1(chosen_mean))
-                                                 - torch.log(-torch.expm1(rejected_mean)))
+    log_odds = (chosen_mean - rejected_mean) - (_log1mexp(chosen_mean) - _log1mexp(rejected_mean))
     return -chosen_mean - beta * F.logsigmoid(log_odds)
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 - exp(x))`` for ``x < 0``, without cancellation on either side of ``-log 2``."""
+    return torch.where(x < -math.log(2), torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
 
 
 @contextlib.contextmanager
