@@ -136,7 +136,8 @@ class TrainingLoop:
             optimizer: a partial optimizer; called with the parameters, ``lr`` and ``weight_decay``.
             recorder: writes ``metrics.jsonl``.
             validate: ``model -> {"eval_loss", "perplexity", ...}``, called every ``eval_every`` steps.
-            objective: how a batch becomes a loss (``units``, ``loss_sum``; ``llmft.objectives``); default SFT.
+            objective: how a batch becomes a loss (``units``, ``loss_and_figures``; ``llmft.objectives``);
+                default SFT.
             checkpoints: where checkpoints go; None writes none (and a signal then stops without one).
             resume: continue from ``checkpoints.latest()``.
             resume_command: the command that resumes this run, printed when a signal stops it.
@@ -183,7 +184,8 @@ class TrainingLoop:
                 epoch = self.state.epoch
                 window = self._next_window(epoch_batches, accum, dataset, collate)
                 lr = sched.get_last_lr()[0]
-                loss, n_tokens, grad_norm = self._step(model, window, accelerator, params, opt, sched, objective)
+                loss, n_tokens, grad_norm, figures = self._step(model, window, accelerator, params, opt, sched,
+                                                                objective)
                 if not math.isfinite(loss):
                     raise NonFiniteLossError(step, loss)
                 self.state.step, self.state.tokens = step, self.state.tokens + n_tokens
@@ -192,7 +194,7 @@ class TrainingLoop:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{self.state.tokens / self.state.elapsed_s:.0f}")
                 if step % self.log_every == 0 or step == total:
-                    self._log(recorder, step, step / steps_per_epoch, loss, lr, grad_norm, total)
+                    self._log(recorder, step, step / steps_per_epoch, loss, lr, grad_norm, total, figures)
                 if validate is not None and self.eval_every and step % self.eval_every == 0:
                     self._validate(recorder, validate, model, step, step / steps_per_epoch)
                 epoch_ended = self.state.epoch != epoch
@@ -221,24 +223,31 @@ class TrainingLoop:
         return [collate([dataset[i] for i in indices]) for indices in chosen]
 
     def _step(self, model, window: List[dict], accelerator: Accelerator, params, opt, sched, objective):
-        """One optimizer step over a window of micro-batches; returns (mean loss, tokens, grad norm)."""
+        """One optimizer step over a window of micro-batches; returns (mean loss, tokens, grad norm, the
+        objective's figures averaged over the window's units like the loss)."""
         # counted on the host before the copy, and the loss summed on the device: one sync per step, not per batch
         units = sum(objective.units(b) for b in window)  # the loss is a mean over all processes' units
         tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
                      for b in window)
         window = [_to_device(batch, accelerator.device) for batch in window]
         units = int(accelerator.gather(torch.tensor([units], device=accelerator.device)).sum())
-        loss_sum = torch.zeros((), device=accelerator.device)
+        loss_sum, sums = torch.zeros((), device=accelerator.device), {}
         for i, batch in enumerate(window):
             sync = accelerator.no_sync(model) if i < len(window) - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
-                loss = objective.loss_sum(model, batch) / max(units, 1)
+                loss, figures = objective.loss_and_figures(model, batch)
+                loss = loss / max(units, 1)
+            for key, value in figures.items():
+                sums[key] = sums.get(key, 0.0) + value
             # DDP averages gradients over processes; the loss is already divided by the global token count.
             accelerator.backward(loss * accelerator.num_processes)
             loss_sum += loss.detach().float()
         # each process holds its share of the window's loss and tokens: the step's figures are their sums
-        figures = torch.stack([loss_sum, torch.tensor(float(tokens), device=accelerator.device)])
-        loss_sum, tokens = accelerator.reduce(figures, reduction="sum").tolist()
+        keys = sorted(sums)
+        figures = torch.stack([loss_sum, torch.tensor(float(tokens), device=accelerator.device),
+                               *(torch.as_tensor(sums[k], dtype=torch.float32, device=accelerator.device).reshape(())
+                                 for k in keys)])
+        loss_sum, tokens, *summed = accelerator.reduce(figures, reduction="sum").tolist()
         grad_norm = _clip(accelerator, params, self.max_grad_norm)
         opt.step()
         if accelerator.optimizer_step_was_skipped:  # fp16: the scaler found inf/NaN gradients and lowered its scale
@@ -246,7 +255,7 @@ class TrainingLoop:
         else:
             sched.step()  # the schedule counts the steps that updated the weights
         opt.zero_grad(set_to_none=True)
-        return loss_sum, int(tokens), grad_norm
+        return loss_sum, int(tokens), grad_norm, {k: v / max(units, 1) for k, v in zip(keys, summed)}
 
     def _resume(self, checkpoints: Optional[CheckpointStore], model, opt, sched, recorder: RunRecorder):
         """Load the newest valid checkpoint (if any) and rewind ``metrics.jsonl`` to it; returns its RNG state."""
@@ -268,15 +277,15 @@ class TrainingLoop:
             checkpoints.save(self.state.step, accelerator.unwrap_model(model), opt, sched, self.state_dict())
         accelerator.wait_for_everyone()
 
-    def _log(self, recorder, step, epoch, loss, lr, grad_norm, total) -> None:
+    def _log(self, recorder, step, epoch, loss, lr, grad_norm, total, figures) -> None:
         tokens_per_s = self.state.tokens / max(self.state.elapsed_s, 1e-9)
         row = {"step": step, "epoch": round(epoch, 4), "loss": loss, "learning_rate": lr, "grad_norm": grad_norm,
                "tokens_per_s": round(tokens_per_s, 1), "peak_memory_mb": round(peak_memory_mb(self.device), 1),
-               "skipped_steps": self.state.skipped}
+               "skipped_steps": self.state.skipped, **figures}
         self.state.rows.append(row)
         recorder.log_step(row)
-        log.info("step %d/%d  epoch %.2f  loss %.4f  lr %.2e  grad_norm %.3f  %.0f tok/s", step, total,
-                 epoch, loss, lr, grad_norm, tokens_per_s)
+        log.info("step %d/%d  epoch %.2f  loss %.4f  lr %.2e  grad_norm %.3f  %.0f tok/s%s", step, total,
+                 epoch, loss, lr, grad_norm, tokens_per_s, "".join(f"  {k} {v:.4f}" for k, v in figures.items()))
 
     def _validate(self, recorder, validate: Callable, model, step: int, epoch: float) -> None:
         figures = validate(model)

@@ -21,7 +21,8 @@ reproduced per model type (``HEAD_TRANSFORMS``); a model type not listed there i
 """
 
 import contextlib
-from typing import Callable, Dict, Optional, Tuple
+import functools
+from typing import Callable, Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -109,6 +110,35 @@ class _FrozenHeadChunk(torch.autograd.Function):
         return grad * grad_output.to(grad.dtype), None, None, None
 
 
+def _labelled_hidden(model: torch.nn.Module, batch: Dict[str, torch.Tensor], chunk_tokens: int):
+    """One forward pass: the output layer, its transform, and the hidden states and targets of the labelled
+    positions (position t is kept when token t+1 is labelled), with the row each comes from."""
+    if chunk_tokens < 1:
+        raise ConfigError(f"loss_chunk_tokens must be at least 1, got {chunk_tokens}.")
+    inner = extract_model_from_parallel(model, keep_fp32_wrapper=True)
+    head = inner.get_output_embeddings()
+    transform = head_transform(inner.config)
+    labels = batch["labels"]
+    keep = labels[:, 1:] != IGNORE_INDEX
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if batch.get(k) is not None}
+    with _capture_head_input(head) as captured:
+        model(**inputs, use_cache=False)
+    return head, transform, captured["hidden"][:, :-1][keep], labels[:, 1:][keep], keep.nonzero()[:, 0]
+
+
+def _chunked(fn: Callable, head: torch.nn.Module, transform: Callable, hidden: torch.Tensor, targets: torch.Tensor,
+             chunk_tokens: int) -> List[torch.Tensor]:
+    """``fn(head, transform, hidden, targets)`` chunk by chunk, each chunk recomputed in the backward pass."""
+    parts = []
+    for start in range(0, targets.numel(), chunk_tokens):
+        h, y = hidden[start:start + chunk_tokens], targets[start:start + chunk_tokens]
+        if torch.is_grad_enabled() and h.requires_grad:
+            parts.append(checkpoint(fn, head, transform, h, y, use_reentrant=False))
+        else:
+            parts.append(fn(head, transform, h, y))
+    return parts
+
+
 def lm_loss_sum(model: torch.nn.Module, batch: Dict[str, torch.Tensor],
                 chunk_tokens: int = 2048) -> Tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over the labelled positions of a batch, and the number of those positions.
@@ -123,29 +153,44 @@ def lm_loss_sum(model: torch.nn.Module, batch: Dict[str, torch.Tensor],
         The summed loss (a scalar that backpropagates when grad is enabled) and the count of labelled positions;
         divide the first by the second (or by a window's count) for the mean.
     """
-    if chunk_tokens < 1:
-        raise ConfigError(f"loss_chunk_tokens must be at least 1, got {chunk_tokens}.")
-    inner = extract_model_from_parallel(model, keep_fp32_wrapper=True)
-    head = inner.get_output_embeddings()
-    transform = head_transform(inner.config)
-    labels = batch["labels"]
-    keep = labels[:, 1:] != IGNORE_INDEX  # position t is kept when token t+1 is labelled
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if batch.get(k) is not None}
-    with _capture_head_input(head) as captured:
-        model(**inputs, use_cache=False)
-    hidden = captured["hidden"][:, :-1][keep]
-    targets = labels[:, 1:][keep]
-    total: Optional[torch.Tensor] = None
-    frozen = not any(p.requires_grad for p in head.parameters())
-    for start in range(0, targets.numel(), chunk_tokens):
-        h, y = hidden[start:start + chunk_tokens], targets[start:start + chunk_tokens]
-        if not (torch.is_grad_enabled() and h.requires_grad):
-            part = _chunk_loss(head, transform, h, y)
-        elif frozen:
-            part = _FrozenHeadChunk.apply(h, head, transform, y)
-        else:  # a trained head (LoRA or modules_to_save on lm_head): recompute the chunk in the backward pass
-            part = checkpoint(_chunk_loss, head, transform, h, y, use_reentrant=False)
-        total = part if total is None else total + part
-    if total is None:  # nothing labelled: a zero that still belongs to the graph
-        total = hidden.float().sum() * 0.0
-    return total, int(targets.numel())
+    head, transform, hidden, targets, _ = _labelled_hidden(model, batch, chunk_tokens)
+    if torch.is_grad_enabled() and hidden.requires_grad and not any(p.requires_grad for p in head.parameters()):
+        parts = [_FrozenHeadChunk.apply(hidden[start:start + chunk_tokens], head, transform,
+                                        targets[start:start + chunk_tokens])
+                 for start in range(0, targets.numel(), chunk_tokens)]
+    else:  # no gradient, or a trained head (LoRA or modules_to_save on lm_head): recompute in the backward pass
+        parts = _chunked(_chunk_loss, head, transform, hidden, targets, chunk_tokens)
+    total = functools.reduce(torch.add, parts) if parts else hidden.float().sum() * 0.0  # nothing labelled: a zero
+    return total, int(targets.numel())                                                   # that belongs to the graph
+
+
+def _chunk_logps(head: torch.nn.Module, transform: Callable, hidden: torch.Tensor,
+                 targets: torch.Tensor) -> torch.Tensor:
+    logits = transform(head(hidden)).float()
+    return -F.cross_entropy(logits, targets, reduction="none")
+
+
+def sequence_logps(model: torch.nn.Module, batch: Dict[str, torch.Tensor],
+                   chunk_tokens: int = 2048) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per row of a padded batch: the summed log-probability of its labelled tokens, and how many there are.
+
+    The same forward pass and chunked projection as ``lm_loss_sum`` (no ``[tokens, vocabulary]`` tensor larger
+    than a chunk), reduced per row instead of over the batch: what a preference loss (DPO, ORPO) compares.
+
+    Args:
+        model: a causal LM (a peft ``PeftModel``, possibly wrapped by accelerate/DDP).
+        batch: ``input_ids``, ``attention_mask`` and ``labels`` ``[rows, length]`` (one sequence per row).
+        chunk_tokens: labelled positions projected to the vocabulary at once.
+
+    Returns:
+        ``[rows]`` float32 sums (they backpropagate when grad is enabled) and ``[rows]`` token counts.
+    """
+    head, transform, hidden, targets, rows = _labelled_hidden(model, batch, chunk_tokens)
+    n = batch["labels"].shape[0]
+    sums = hidden.new_zeros(n, dtype=torch.float32)
+    parts = _chunked(_chunk_logps, head, transform, hidden, targets, chunk_tokens)
+    if parts:
+        sums = sums.index_add(0, rows, torch.cat(parts))
+    else:  # nothing labelled: zeros that still belong to the graph
+        sums = sums + hidden.float().sum() * 0.0
+    return sums, torch.bincount(rows, minlength=n)

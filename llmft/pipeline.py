@@ -16,10 +16,11 @@ from safetensors import SafetensorError
 
 from llmft.adapters import apply_lora
 from llmft.config.validate import validate
-from llmft.data import Splits, load_splits, pad_collate, tokenize_records
+from llmft.data import Splits, load_splits
+from llmft.data.pairs import tokenize_pairs
 from llmft.data.templates import use_chat_template
 from llmft.checkpoint import CheckpointStore
-from llmft.data.batching import epoch_batches, pack_collate
+from llmft.data.batching import epoch_batches
 from llmft.environment import describe_environment
 from llmft.errors import DeviceUnavailableError
 from llmft.evaluation import EvalData, Perplexity, build_eval_report, run_evaluators, samples_markdown
@@ -31,6 +32,7 @@ from llmft.loss_curve import draw_loss_curve
 from llmft.outcome import log_answers, log_outcome
 from llmft.planning.preflight import (emulate_budget, fit_budget, longest_sequence, memory_summary, plan_run,
                                       records_cut)
+from llmft.objectives import SFT
 from llmft.recording import RunRecorder, peak_memory_mb, peak_reserved_mb, reset_peak_memory
 from llmft.run_folder import RunFolder, check_resumable
 
@@ -119,6 +121,8 @@ def _completed(path: Path) -> bool:
 
 def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, resume_command: str) -> Dict[str, Any]:
     hardware = cfg.hardware
+    objective = build(cfg.objective)
+    objective.collate(0, cfg.data.packing)  # refuses what the objective cannot batch, before weights are loaded
     set_seed(cfg.seed)
     splits = read_splits(cfg, recorder.output_dir)
     quantization = build(cfg.quantization)
@@ -127,29 +131,27 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
                    dtype=weights_dtype(hardware.precision, hardware.device), device=hardware.device,
                    cache_dir=cfg.paths.cache_dir)
     tokenizer = loaded.tokenizer
-    (train_set, train_dropped), (val_set, _) = tokenize_split(cfg, tokenizer, splits.train, "train"), \
-        tokenize_split(cfg, tokenizer, splits.val, "val")
+    train_set, train_dropped = tokenize_split(cfg, tokenizer, splits.train, "train", objective)
+    eval_data = evaluation_data(cfg, tokenizer, splits.val)
     set_seed(cfg.seed)  # the adapters' initial weights do not depend on what loading did (a first-run conversion)
     model = apply_lora(loaded.model, build(cfg.lora), hardware.gradient_checkpointing)
     if quantization is None:
         model.to(device)
     evaluators = {name: build(node) for name, node in (cfg.eval or {}).items()}
-    eval_data = EvalData(records=splits.val, tokenized=val_set)
     precision = functools.partial(evaluation_precision, hardware)
     base = _base_results(recorder.output_dir / "base_eval.json", resume, evaluators, model, tokenizer, eval_data,
                          precision)
-    loop = build(cfg.trainer)
+    loop, lengths = build(cfg.trainer), objective.lengths(train_set)
     validate_fn = lambda m: _under(precision, Perplexity(hardware.micro_batch_size), m, tokenizer, eval_data)  # noqa
-    result = loop.fit(model, train_set, pack_collate if cfg.data.packing else
-                      functools.partial(pad_collate, pad_token_id=tokenizer.pad_token_id),
+    result = loop.fit(model, train_set, objective.collate(tokenizer.pad_token_id, cfg.data.packing),
                       batch_plan=functools.partial(
-                          epoch_batches, [len(ids) for ids in train_set["input_ids"]], hardware.micro_batch_size,
+                          epoch_batches, lengths, hardware.micro_batch_size,
                           cfg.seed, group_by_length=cfg.data.group_by_length, packing=cfg.data.packing,
                           max_tokens=hardware.micro_batch_size * cfg.data.max_seq_length),
                       hardware=Hardware(hardware.device, resolve_precision(hardware.precision, hardware.device),
                                         hardware.micro_batch_size, hardware.gradient_accumulation_steps),
-                      optimizer=build(hardware.optimizer), recorder=recorder, objective=build(cfg.objective),
-                      validate=validate_fn if len(val_set) else None,
+                      optimizer=build(hardware.optimizer), recorder=recorder, objective=objective,
+                      validate=validate_fn if len(eval_data.tokenized) else None,
                       checkpoints=CheckpointStore(recorder.output_dir / "checkpoints", cfg.trainer.keep_checkpoints),
                       resume=resume, resume_command=resume_command)
     with precision():
@@ -168,7 +170,8 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
             "perplexity": report.get("perplexity"), "base_perplexity": report["base"].get("perplexity"),
             "answer_means": report.get("answer_means"),
             "trainable_params": trainable, "total_params": total, "tokens_per_s": round(result.tokens_per_s, 1),
-            "train_duration_s": round(result.duration_s, 1), "longest_sequence": longest_sequence(train_set, val_set)}
+            "train_duration_s": round(result.duration_s, 1),
+            "longest_sequence": max(max(lengths), longest_sequence(eval_data.tokenized))}
 
 
 def _base_results(path: Path, resume: bool, evaluators, model, tokenizer, eval_data, precision) -> Dict[str, dict]:
@@ -225,15 +228,28 @@ def read_splits(cfg: DictConfig, report_dir=None) -> Splits:
     """
     return load_splits(build(cfg.data_format), cfg.data.path, cfg.data.val_path, cfg.data.val_ratio, cfg.seed,
                        cfg.data.max_samples, strict=cfg.data.strict, report_dir=report_dir,
-                       system_into_user=cfg.data.system_into_user, sources=cfg.data.sources)
+                       system_into_user=cfg.data.system_into_user, sources=cfg.data.sources,
+                       pairs=build(cfg.objective).pairs)
 
 
-def tokenize_split(cfg: DictConfig, tokenizer, records, split: str):
-    """Tokenize one split as training does (cached under ``paths.cache_dir``); returns the dataset and the number
-    of records dropped. A tokenizer without a chat template gets ``data.fallback_template``."""
+def tokenize_split(cfg: DictConfig, tokenizer, records, split: str, objective=None):
+    """Tokenize one split as ``objective`` trains on it (default: as conversations, SFT), cached under
+    ``paths.cache_dir``; returns the dataset and the number of records dropped. A tokenizer without a chat template
+    gets ``data.fallback_template``."""
     use_chat_template(tokenizer, cfg.data.fallback_template, cfg.data.chat_template)
-    return tokenize_records(records, tokenizer, max_seq_length=cfg.data.max_seq_length,
-                            train_on_prompt=cfg.data.train_on_prompt, split=split, cache_dir=cfg.paths.cache_dir)
+    return (objective or SFT()).tokenize(records, tokenizer, max_seq_length=cfg.data.max_seq_length,
+                                         train_on_prompt=cfg.data.train_on_prompt, split=split,
+                                         cache_dir=cfg.paths.cache_dir)
+
+
+def evaluation_data(cfg: DictConfig, tokenizer, records) -> EvalData:
+    """The validation split for the evaluators: its conversations tokenized (for pairs: prompt and chosen reply,
+    for perplexity), and, when its records are preference pairs, both sides of each pair."""
+    tokenized, _ = tokenize_split(cfg, tokenizer, records, "val")
+    pairs = None
+    if records and "rejected" in records[0]:
+        pairs, _ = tokenize_pairs(records, tokenizer, cfg.data.max_seq_length, "val", cfg.paths.cache_dir)
+    return EvalData(records=records, tokenized=tokenized, pairs=pairs)
 
 
 def build(node: Any, **kwargs: Any) -> Any:

@@ -25,9 +25,9 @@ def reevaluate(folder: str, overrides: Sequence[str] = ()) -> Path:
     Raises:
         LlmftError: not a completed run, a bad override, or ``eval=none``.
     """
-    from llmft.evaluation import EvalData, build_eval_report, run_evaluators, samples_markdown
+    from llmft.evaluation import build_eval_report, run_evaluators, samples_markdown
     from llmft.hardware import load_device
-    from llmft.pipeline import build, evaluation_precision, read_splits, tokenize_split
+    from llmft.pipeline import build, evaluation_data, evaluation_precision, read_splits
     from llmft.recording import RunRecorder
 
     run = open_run(folder, overrides)
@@ -37,8 +37,7 @@ def reevaluate(folder: str, overrides: Sequence[str] = ()) -> Path:
     device = load_device(cfg.hardware.device)
     model, loaded = load_with_adapter(run, device=device)
     splits = read_splits(cfg)
-    val, _ = tokenize_split(cfg, loaded.tokenizer, splits.val, "val")
-    data = EvalData(records=splits.val, tokenized=val)
+    data = evaluation_data(cfg, loaded.tokenizer, splits.val)
     evaluators = {name: build(node) for name, node in cfg.eval.items()}
     with model.disable_adapter(), evaluation_precision(cfg.hardware, device):  # as training evaluated: same autocast
         base = run_evaluators(evaluators, model, loaded.tokenizer, data, "base")

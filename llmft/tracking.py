@@ -109,6 +109,9 @@ class WandbLogger:
         if name == "eval_report.json":
             figures = {f"eval/{k}": v for k, v in payload.items() if isinstance(v, (int, float))}
             figures.update({f"eval/base_{k}": v for k, v in payload.get("base", {}).items()})
+            metrics = payload.get("metrics", {})  # reference metrics, preference accuracy and margin
+            figures.update({f"eval/{k}": v for k, v in metrics.get("finetuned", {}).items()})
+            figures.update({f"eval/base_{k}": v for k, v in metrics.get("base", {}).items()})
             self.run.summary.update(figures)
             rows = [[r["prompt"], r["base"], r["finetuned"], r.get("reference") or ""]
                     for r in payload.get("prompt_results", [])]

@@ -115,15 +115,18 @@ def test_required_keys_follow_the_configured_names():
 def test_every_option_builds_as_training_builds_it_and_converts_its_format(make_cfg, option):
     cfg = make_cfg(["model=tiny", f"data_format={option}"])
     convert = instantiate(cfg.data_format, _convert_="all")
-    fmt = {"auto": "alpaca", "dolly": "alpaca", "chosen": "sharegpt"}.get(option, option)
+    fmt = {"auto": "alpaca", "dolly": "alpaca", "chosen": "sharegpt", "preference": "sharegpt"}.get(option, option)
     for i, example in enumerate(examples(10, seed=1)):
         row = render(example, fmt, i)
-        if option == "chosen":  # a DPO ShareGPT record: the last turn is the chosen reply
+        if option in ("chosen", "preference"):  # a DPO ShareGPT record: the last turn is the chosen reply
             turns = row["conversations"]
             row = {"conversations": turns[:-1], "chosen": turns[-1], "rejected": {"from": "gpt", "value": "No."}}
         if option == "dolly":
             row = {"instruction": row["instruction"], "context": row["input"], "response": row["output"]}
         converted = convert(row["text"] if fmt == "text" else row)
+        if option == "preference":  # a pair: the prompt and chosen reply as messages, the rejected one beside them
+            assert converted["rejected"] == {"role": "assistant", "content": "No."}
+            converted = converted["messages"]
         if isinstance(converted, dict):  # a record that defines tools (the synthetic calculator)
             assert converted["tools"][0]["name"] == "multiply"
             converted = converted["messages"]

@@ -11,6 +11,7 @@ from llmft.data.formats import auto, detect, messages, sharegpt
 from llmft.data.parts import Reject
 from llmft.data.prepare import prepare
 from llmft.data.preference import chosen, preference_pair
+from llmft.data.splits import load_splits
 from llmft.data.records import PreferencePair, validate_record
 from llmft.data.templates import use_chat_template
 from llmft.data.tokenize import IGNORE_INDEX, RenderError, tokenize_conversation, tokenize_records
@@ -180,13 +181,13 @@ def test_hh_rlhf_chosen_lists_train_with_data_format_messages_chosen():
 def test_a_dpo_sharegpt_file_is_refused_in_one_paragraph_and_trains_with_data_format_chosen(tmp_path):
     path = realdata("preference", "dpo_en_demo.json")
     with pytest.raises(DataError) as err:
-        prepare([str(path)], str(tmp_path / "auto"))
+        load_splits(auto, str(path))  # conversations wanted (objective=sft)
     assert str(err.value) == (
         f"{path} holds preference data (ShareGPT conversations with chosen/rejected replies (LLaMA-Factory DPO)): "
         "each record pairs a chosen and a rejected reply. Supervised fine-tuning on it as it is would train the "
-        "rejected replies too, so llmft will not guess. To fine-tune on the preferred replies only, pass "
-        "data_format=chosen (the prompt plus the chosen reply of each record). llmft has no preference objective "
-        "(DPO) yet to learn from both sides.")
+        "rejected replies too, so llmft will not guess. To learn from both sides, train with a preference "
+        "objective: objective=dpo (or objective=orpo). To fine-tune on the preferred replies only, pass "
+        "data_format=chosen (the prompt plus the chosen reply of each record).")
     rows = json.loads(path.read_text(encoding="utf-8"))
     report = prepare([str(path)], str(tmp_path / "chosen"), chosen)
     assert report["total"]["read"] == 300 and report["total"]["rejected"] == 0

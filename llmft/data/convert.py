@@ -17,7 +17,7 @@ from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Tupl
 
 import orjson
 
-from llmft.data.formats import detect, format_name, required_keys
+from llmft.data.formats import detect, format_name, reads_pairs, refuse_conversations, required_keys
 from llmft.data.parts import Excluded, Reject
 from llmft.data.records import validate_record
 from llmft.data.sources import SHAPES, Raw, read_raw
@@ -43,8 +43,12 @@ class FileCounts:
     rejected_by_reason: Dict[str, int] = field(default_factory=dict)
 
 
-def open_file(path: Path, data_format: Callable, source: str) -> Tuple[Callable, bool, Iterator[Raw]]:
+def open_file(path: Path, data_format: Callable, source: str,
+              pairs: Optional[bool] = False) -> Tuple[Callable, bool, Iterator[Raw]]:
     """Start reading ``path`` and settle its format (``auto`` detects it from the keys of the first record).
+
+    ``pairs``: True when preference pairs are wanted (a preference objective), False when conversations are (a
+    preference file is then refused under ``auto``), None for either.
 
     Returns:
         The converter, whether it was detected, and the raw records, lazily.
@@ -61,11 +65,13 @@ def open_file(path: Path, data_format: Callable, source: str) -> Tuple[Callable,
     first = head[-1][2] if head and head[-1][3] is None else None
     convert, detected = data_format, format_name(data_format) == "auto"
     if first is not None and detected:
-        convert = detect(first, str(path))
+        convert = detect(first, str(path), pairs)
         log.info("%s: detected data_format=%s (keys: %s)", source, format_name(convert),
                  ", ".join(map(str, first)) if isinstance(first, dict) else "plain text")
     elif first is not None:
         _check_keys(path, convert, first)
+    if pairs and not reads_pairs(convert):
+        raise DataError(refuse_conversations(str(path), format_name(convert)))
     return convert, detected, itertools.chain(head, raws)
 
 
@@ -83,10 +89,10 @@ def _check_keys(path: Path, convert: Callable, value: Any) -> None:
                         "data_format=auto to detect the format.")
 
 
-def make_record(value: Any, messages: list, source: str, key: bytes,
-                tools: Optional[list] = None) -> Tuple[dict, bool]:
-    """The schema record of converted ``messages`` (and ``tools``): the input's id (else one derived from the
-    content) and meta.
+def make_record(value: Any, messages: list, source: str, key: bytes, tools: Optional[list] = None,
+                rejected: Optional[dict] = None) -> Tuple[dict, bool]:
+    """The schema record of converted ``messages`` (and ``tools``, and a pair's ``rejected`` reply): the input's id
+    (else one derived from the content) and meta.
 
     Returns:
         The record (``meta.split`` comes last and empty; the split assigns it), and whether the input named it.
@@ -101,6 +107,8 @@ def make_record(value: Any, messages: list, source: str, key: bytes,
     record = {"id": str(given) if named else key.hex()[:16], "messages": messages}
     if tools:
         record["tools"] = tools
+    if rejected:
+        record["rejected"] = rejected
     record["meta"] = meta
     return record, named
 
@@ -108,6 +116,7 @@ def make_record(value: Any, messages: list, source: str, key: bytes,
 def record_line(record: dict, body: bytes) -> bytes:
     """``record`` as one JSON line, reusing ``body``, its messages already serialized (for the digest)."""
     tools = b',"tools":' + orjson.dumps(record["tools"]) if "tools" in record else b""
+    tools += b',"rejected":' + orjson.dumps(record["rejected"]) if "rejected" in record else b""
     return b"".join((b'{"id":', orjson.dumps(record["id"]), b',"messages":', body, tools, b',"meta":',
                      orjson.dumps(record["meta"]), b"}\n"))
 
@@ -118,10 +127,13 @@ class Collector:
     Args:
         rejects: a binary file for ``rejects.jsonl`` lines, or None.
         strict: raise ``DataError`` at the first rejected record instead.
+        pairs: True: read preference pairs (a conversation file is refused); False: conversations (``auto``
+            refuses a preference file); None: either, as the first file shows (``llmft-prepare``), the same for all.
     """
 
-    def __init__(self, rejects: Optional[BinaryIO] = None, strict: bool = False):
-        self.rejects, self.strict = rejects, strict
+    def __init__(self, rejects: Optional[BinaryIO] = None, strict: bool = False, pairs: Optional[bool] = False):
+        self.rejects, self.strict, self.pairs = rejects, strict, pairs
+        self.kind: Optional[bool] = pairs  # whether the files read so far hold pairs
         self.seen: set = set()  # digests of the conversations kept
         self.ids: set = set()  # ids the inputs gave
         self.files: List[FileCounts] = []
@@ -133,7 +145,9 @@ class Collector:
         Raises:
             DataError: see ``open_file``; and, in strict mode, the first rejected record.
         """
-        convert, detected, raws = open_file(path, data_format, source)
+        convert, detected, raws = open_file(path, data_format, source, self.pairs)
+        if self.pairs is None:
+            self._same_kind(source, reads_pairs(convert))
         counts = FileCounts(source, format_name(convert), detected)
         self.files.append(counts)
         check = not getattr(getattr(convert, "func", convert), "valid_by_construction", False)
@@ -148,19 +162,20 @@ class Collector:
             except Reject as exc:
                 self._reject(counts, line, index, value, str(exc), excluded=isinstance(exc, Excluded))
                 continue
-            tools = None
-            if type(messages) is dict:  # noqa: E721  (a record that defines tools)
-                messages, tools = messages["messages"], messages["tools"]
+            tools = rejected = None
+            if type(messages) is dict:  # noqa: E721  (a record that defines tools, or a preference pair)
+                messages, tools, rejected = messages["messages"], messages.get("tools"), messages.get("rejected")
             body = dumps(messages)
-            key = digest(body + dumps(tools) if tools else body, digest_size=16).digest()  # tools tell records apart
+            extra = (dumps(tools) if tools else b"") + (dumps(rejected) if rejected else b"")
+            key = digest(body + extra, digest_size=16).digest()  # tools and rejected replies tell records apart
             if key in seen:
                 counts.duplicates += 1
                 continue
-            if tools is None and type(value) is dict and "id" not in value and "meta" not in value:  # noqa: E721
+            if extra == b"" and type(value) is dict and "id" not in value and "meta" not in value:  # noqa: E721
                 record, named = {"id": key.hex()[:16], "messages": messages, "meta": {
                     "source": source, "tags": [], "split": ""}}, False  # the usual case, inline
             else:
-                record, named = make_record(value, messages, source, key, tools)
+                record, named = make_record(value, messages, source, key, tools, rejected)
             reason = validate_record(record) if check else None
             if reason is not None:
                 reason = f"the record breaks the conversation schema: {reason}"
@@ -174,6 +189,15 @@ class Collector:
                 ids.add(record["id"])
             counts.written += 1
             yield record, body
+
+    def _same_kind(self, source: str, pairs: bool) -> None:
+        """Under ``pairs=None``, every file must hold what the first one holds: pairs or conversations."""
+        if self.files and self.kind != pairs:
+            kinds = ("preference pairs", "conversations") if pairs else ("conversations", "preference pairs")
+            raise DataError(f"{source} holds {kinds[0]}, and {self.files[0].file} before it holds {kinds[1]}: one "
+                            "output cannot mix them. Prepare them separately, or read the pairs as conversations "
+                            "with data_format=chosen (the prompt and the chosen reply of each pair).")
+        self.kind = pairs
 
     def _reject(self, counts: FileCounts, line: int, index: int, value: Any, reason: str,
                 column: Optional[int] = None, excluded: bool = False) -> None:

@@ -132,22 +132,36 @@ def auto(row: Any) -> Messages:
     return detect(row, "the record")(row)
 
 
-def detect(row: Any, where: str) -> Callable:
+def detect(row: Any, where: str, pairs: Optional[bool] = False) -> Callable:
     """The converter whose keys ``row`` has (a ``str`` row is plain text).
 
+    Args:
+        row: the first record of a file.
+        where: the file, for messages.
+        pairs: True: preference pairs are wanted (a preference objective), and conversations are refused;
+            False: conversations are, and preference data is refused; None: either.
+
     Raises:
-        DataError: no format matches; the message lists the keys found and the formats supported.
+        DataError: no format matches (the message lists the keys found and the formats supported), or the data
+            is not the kind ``pairs`` wants.
     """
-    if isinstance(row, str):
-        return text
     keys = list(row) if isinstance(row, dict) else []
-    if "chosen" in keys and "rejected" in keys:
-        raise DataError(refuse_preference(row, where))
-    for convert, signature in SIGNATURES:
-        if all(k in keys for k in signature):
-            if convert is csv and not str(where).lower().endswith((".csv", ".tsv")):
-                return INSTRUCTION_RESPONSE  # JSON with instruction/response keys: Alpaca with another reply key
-            return convert
+    if "rejected" in keys and ("chosen" in keys or "messages" in keys):
+        if pairs is False:
+            raise DataError(refuse_preference(row, where))
+        from llmft.data.preference import preference
+
+        return preference
+    if isinstance(row, str):
+        found = text
+    else:
+        found = next((c for c, signature in SIGNATURES if all(k in keys for k in signature)), None)
+    if found is not None and pairs:
+        raise DataError(refuse_conversations(where, format_name(found)))
+    if found is csv and not str(where).lower().endswith((".csv", ".tsv")):
+        return INSTRUCTION_RESPONSE  # JSON with instruction/response keys: Alpaca with another reply key
+    if found is not None:
+        return found
     known = "; ".join(f"{c.__name__} ({', '.join(s)})" for c, s in SIGNATURES)
     found = ", ".join(map(str, keys)) if keys else f"none: it is a JSON {type(row).__name__}, not an object"
     example = ("data_format=csv data_format.instruction=<column> data_format.response=<column>"
@@ -163,8 +177,23 @@ def refuse_preference(row: dict, where: str) -> str:
 
     return (f"{where} holds preference data ({shape_of(row)}): each record pairs a chosen and a rejected reply. "
             "Supervised fine-tuning on it as it is would train the rejected replies too, so llmft will not guess. "
+            "To learn from both sides, train with a preference objective: objective=dpo (or objective=orpo). "
             "To fine-tune on the preferred replies only, pass data_format=chosen (the prompt plus the chosen reply "
-            "of each record). llmft has no preference objective (DPO) yet to learn from both sides.")
+            "of each record).")
+
+
+def refuse_conversations(where: str, format_name: str) -> str:
+    """Why a preference objective will not read conversations, and what to do instead."""
+    return (f"{where} holds conversations (data_format={format_name}), and a preference objective (objective=dpo "
+            "or orpo) learns from pairs: a prompt with a chosen and a rejected reply. Point data.path at preference "
+            "data (LLaMA-Factory's conversations + chosen/rejected, hh-rlhf chosen/rejected message lists, or TRL's "
+            "{prompt, chosen, rejected}) with data_format=auto or data_format=preference, or train these "
+            "conversations with objective=sft.")
+
+
+def reads_pairs(convert: Callable) -> bool:
+    """Whether a converter gives preference pairs (``data_format=preference``) rather than conversations."""
+    return bool(getattr(getattr(convert, "func", convert), "pairs", False))
 
 
 def required_keys(convert: Callable) -> List[Tuple[str, str]]:

@@ -9,8 +9,9 @@ The shapes read (each named in messages by ``shape_of``):
 - TRL's ``{"prompt", "chosen", "rejected"}``: each a string, or a list of messages;
 - Alpaca-style ``{"instruction", "input", "chosen", "rejected"}`` with text replies.
 
-Supervised training refuses such a file (see ``llmft.data.formats.detect``); ``data_format=chosen`` trains on the
-prompt and the chosen reply.
+Supervised training refuses such a file under ``data_format=auto`` (see ``llmft.data.formats.detect``);
+``data_format=chosen`` trains on the prompt and the chosen reply. A preference objective (``objective=dpo``) reads
+it with ``preference``: a pair record is a conversation record (prompt + chosen reply) with a ``rejected`` reply.
 """
 
 from typing import Any, Dict, List, Optional
@@ -25,6 +26,8 @@ KEYS = ("chosen", "rejected")
 
 def shape_of(row: dict) -> str:
     """A few words naming the preference shape of ``row``."""
+    if "messages" in row:
+        return "conversation records with a rejected reply (llmft-prepare's pairs)"
     if "conversations" in row:
         return "ShareGPT conversations with chosen/rejected replies (LLaMA-Factory DPO)"
     if "prompt" in row:
@@ -45,6 +48,10 @@ def preference_pair(row: Any, *, tools: Optional[str] = "tools") -> PreferencePa
     if "conversations" in row:
         prompt = _conversation(sharegpt(row, label=None, tools=None))
         replies = [_reply(sharegpt({"conversations": [row.get(k)]}, label=None, tools=None), k) for k in KEYS]
+    elif "messages" in row and "chosen" not in row:  # a pair record (data_format=preference, llmft-prepare)
+        conversation = _conversation(read_messages({"messages": row.get("messages")}, label=None, tools=None),
+                                     "messages")
+        prompt, replies = conversation[:-1], [conversation[-1], _side(row.get("rejected"), "rejected")]
     elif "chosen" in row and isinstance(row["chosen"], list) and "prompt" not in row:
         sides = [_conversation(read_messages({"messages": row.get(k)}, label=None, tools=None), k) for k in KEYS]
         prompt = sides[0][:-1]
@@ -96,8 +103,9 @@ def _prompt(row: dict) -> List[Dict[str, Any]]:
 def _side(value: Any, key: str) -> Dict[str, Any]:
     if isinstance(value, str) and value.strip():
         return {"role": "assistant", "content": value}
-    if isinstance(value, list):
-        return _reply(read_messages({"messages": value}, label=None, tools=None), key)
+    if isinstance(value, (list, dict)):
+        return _reply(read_messages({"messages": value if isinstance(value, list) else [value]}, label=None,
+                                    tools=None), key)
     raise Reject(f"'{key}' is neither text nor a list with one assistant message")
 
 
@@ -118,3 +126,25 @@ def chosen(row: Any, *, tools: Optional[str] = "tools") -> Any:
     pair = preference_pair(row, tools=tools)
     conversation = pair.conversation("chosen")
     return {"messages": conversation, "tools": pair.tools} if pair.tools else conversation
+
+
+@converter("rejected")
+def preference(row: Any, *, tools: Optional[str] = "tools") -> Any:
+    """Preference records read as pairs, for a preference objective (``objective=dpo``): the prompt and the chosen
+    reply as the record's messages, the rejected reply beside them.
+
+    Args:
+        row: one preference record, in any shape of this module (or a pair record that ``llmft-prepare`` wrote).
+        tools: key of optional function definitions; null: none.
+
+    Returns:
+        ``{"messages", "rejected", "tools"}``.
+
+    Raises:
+        Reject: see ``preference_pair``.
+    """
+    pair = preference_pair(row, tools=tools)
+    return {"messages": pair.conversation("chosen"), "rejected": pair.rejected, "tools": pair.tools}
+
+
+preference.pairs = True  # llmft.data.formats.reads_pairs

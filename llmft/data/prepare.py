@@ -49,7 +49,7 @@ def prepare(inputs: Sequence[str], out_dir: str, data_format: Callable = auto, s
     spool = out / ".spool.jsonl"
     try:
         with open(out / "rejects.jsonl", "wb") as rejects, open(spool, "wb") as kept:
-            collector = Collector(rejects, strict)
+            collector = Collector(rejects, strict, pairs=None)  # preference files become pair records
             write = kept.write
             for file, source in files:
                 for record, body in collector.read(file, data_format, source):

@@ -7,7 +7,8 @@ message from the assistant; no empty content. An assistant message may also carr
 "function", "function": {"name", "arguments": {...}}}]``, as ``apply_chat_template`` takes them; its content may then
 be empty) and ``"train": false`` (a reply kept as context but not trained: LLaMA-Factory's ``loss_weight: 0``).
 ``tools`` holds the JSON-schema function definitions the conversation may call, passed to the chat template as
-``tools=``. Ids are unique within a file.
+``tools=``. Ids are unique within a file. A preference pair adds ``"rejected"``: the assistant message that the
+last one (the chosen reply) is preferred to.
 """
 
 from dataclasses import dataclass, field
@@ -69,6 +70,11 @@ def validate_record(record: Any) -> Optional[str]:
     tools = record.get("tools")
     if tools is not None and (not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools)):
         return "'tools' must be a list of function definitions (JSON objects)"
+    rejected = record.get("rejected")
+    if rejected is not None:
+        reason = _message_problem(len(messages), rejected)
+        if reason or rejected["role"] != "assistant":
+            return f"rejected reply: {reason or 'not from the assistant'}"
     if "meta" in record and not isinstance(record["meta"], dict):
         return "'meta' must be an object"
     return None

@@ -47,7 +47,7 @@ class Splits:
 def load_splits(data_format: Callable, path: str, val_path: Optional[str] = None, val_ratio: float = 0.1,
                 seed: int = 42, max_samples: Optional[int] = None, *, strict: bool = False,
                 report_dir: Optional[Path] = None, system_into_user: bool = False,
-                sources: Optional[Sequence[Mapping[str, Any]]] = None) -> Splits:
+                sources: Optional[Sequence[Mapping[str, Any]]] = None, pairs: Optional[bool] = False) -> Splits:
     """Read, convert and split the training and validation records.
 
     Args:
@@ -63,6 +63,8 @@ def load_splits(data_format: Callable, path: str, val_path: Optional[str] = None
         system_into_user: fold a system message into the first user turn.
         sources: a mixture, read instead of ``path`` (see ``llmft.data.mixture``): each source with its own
             format, and a weight or a record cap.
+        pairs: read preference pairs (True: a preference objective; conversations are refused), conversations
+            (False: ``auto`` refuses preference files), or either (None).
 
     Returns:
         The splits, with the report.
@@ -74,7 +76,7 @@ def load_splits(data_format: Callable, path: str, val_path: Optional[str] = None
     mixed = None
     with ExitStack() as stack:
         rejects = stack.enter_context(open(Path(report_dir) / "rejects.jsonl", "wb")) if report_dir else None
-        collector = Collector(rejects, strict)
+        collector = Collector(rejects, strict, pairs)
         if sources:
             from llmft.data.mixture import read_mixture
 

@@ -15,7 +15,7 @@ import hashlib
 import itertools
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import orjson
 import datasets
@@ -209,28 +209,46 @@ def tokenize_records(records: List[dict], tokenizer: PreTrainedTokenizerBase, ma
     Raises:
         DataError: no record of the split keeps a trainable token, or the chat template refuses a record.
     """
+    def examples_of(stored: list) -> List[Dict[str, List[int]]]:
+        messages, tools = stored[:2]
+        return [e for e in tokenize_record(tokenizer, messages, max_seq_length, train_on_prompt, tools)
+                if any(t != IGNORE_INDEX for t in e["labels"][1:])]
+
+    return encode_records(records, tokenizer, examples_of, ("input_ids", "labels"), split, cache_dir,
+                          max_seq_length, str(train_on_prompt))
+
+
+def encode_records(records: List[dict], tokenizer: PreTrainedTokenizerBase, examples_of, columns: Sequence[str],
+                   split: str, cache_dir: Optional[str], max_seq_length: int, *settings: str) -> Tuple[Dataset, int]:
+    """Records through ``examples_of`` into a ``datasets.Dataset`` (``id``, ``record`` and ``columns``), cached.
+
+    ``examples_of([messages, tools, rejected])`` returns a record's trainable examples (none: the record is dropped
+    and counted). The cache file's name is a fingerprint of the records, the tokenizer, ``max_seq_length``,
+    ``settings``, ``columns`` and this module's code.
+
+    Raises:
+        DataError: no record of the split gives an example, or the chat template refuses a record.
+    """
     def encode(batch: Dict[str, list], indices: List[int]) -> Dict[str, list]:
-        out: Dict[str, list] = {"id": [], "record": [], "input_ids": [], "labels": []}
+        out: Dict[str, list] = {"id": [], "record": [], **{c: [] for c in columns}}
         for record_id, index, conversation in zip(batch["id"], indices, batch["conversation"]):
             try:
-                messages, tools = conversation_of(conversation)
-                examples = tokenize_record(tokenizer, messages, max_seq_length, train_on_prompt, tools)
+                examples = examples_of(orjson.loads(conversation))
             except (TemplateError, RenderError) as exc:
                 raise DataError(template_refusal(tokenizer, record_id, split, exc)) from None
             for example in examples:
-                if any(t != IGNORE_INDEX for t in example["labels"][1:]):
-                    for key, value in (("id", record_id), ("record", index), *example.items()):
-                        out[key].append(value)
+                for key, value in (("id", record_id), ("record", index), *example.items()):
+                    out[key].append(value)
         return out
 
     if not records:  # no validation split (data.val_ratio=0)
         ids = datasets.Sequence(datasets.Value("int64"))
-        return Dataset.from_dict({"id": [], "record": [], "input_ids": [], "labels": []}, features=datasets.Features(
-            {"id": datasets.Value("string"), "record": datasets.Value("int64"), "input_ids": ids, "labels": ids})), 0
+        return Dataset.from_dict({"id": [], "record": [], **{c: [] for c in columns}}, features=datasets.Features(
+            {"id": datasets.Value("string"), "record": datasets.Value("int64"), **{c: ids for c in columns}})), 0
     # as JSON: Arrow would give every message every key of every other (tool calls' arguments differ per record)
-    raw = Dataset.from_list([{"id": r["id"], "conversation": orjson.dumps([r["messages"], r.get("tools")])}
-                             for r in records])
-    fingerprint = tokenization_fingerprint(records, tokenizer, max_seq_length, train_on_prompt)
+    raw = Dataset.from_list([{"id": r["id"], "conversation": orjson.dumps([r["messages"], r.get("tools"),
+                                                                            r.get("rejected")])} for r in records])
+    fingerprint = tokenization_fingerprint(records, tokenizer, max_seq_length, *settings, *columns)
     cache = Path(cache_dir).expanduser() / "tokenized" / f"{fingerprint}.arrow" if cache_dir else None
     cached = cache is not None and usable_cache(cache)
     encoded = raw.map(encode, batched=True, with_indices=True, remove_columns=raw.column_names,
@@ -250,7 +268,7 @@ def tokenize_records(records: List[dict], tokenizer: PreTrainedTokenizerBase, ma
 
 def conversation_of(stored: bytes) -> Tuple[List[dict], Optional[List[dict]]]:
     """The messages and tools of a record as ``tokenize_records`` stores them (JSON)."""
-    messages, tools = orjson.loads(stored)
+    messages, tools = orjson.loads(stored)[:2]
     return messages, tools
 
 
@@ -268,13 +286,13 @@ def template_refusal(tokenizer: PreTrainedTokenizerBase, record_id: str, split: 
 
 
 def tokenization_fingerprint(records: Sequence[dict], tokenizer: PreTrainedTokenizerBase, max_seq_length: int,
-                             train_on_prompt: bool) -> str:
-    """A digest of everything the tokenized examples depend on."""
+                             *settings: Any) -> str:
+    """A digest of everything the tokenized examples depend on (``settings``: the other options, as text)."""
     digest = hashlib.sha256()
-    for part in (tokenizer_fingerprint(tokenizer), CODE_VERSION, str(max_seq_length), str(train_on_prompt)):
+    for part in (tokenizer_fingerprint(tokenizer), CODE_VERSION, str(max_seq_length), *map(str, settings)):
         digest.update(part.encode() + b"\0")
     for record in records:
-        digest.update(orjson.dumps([record["id"], record["messages"], record.get("tools")]))
+        digest.update(orjson.dumps([record["id"], record["messages"], record.get("tools"), record.get("rejected")]))
     return digest.hexdigest()[:32]
 
 

@@ -1,7 +1,7 @@
 """What every evaluator is given: the evaluation split, as records and as tokenized examples."""
 
 from dataclasses import dataclass
-from typing import Any, List
+from typing import Any, List, Optional
 
 
 @dataclass
@@ -10,8 +10,12 @@ class EvalData:
 
     Attributes:
         records: conversation records (``{"id", "messages", ...}``); the last assistant message is the reference.
-        tokenized: the same records tokenized for training (``input_ids``, ``labels``), for loss-based metrics.
+        tokenized: the same records tokenized for training (``input_ids``, ``labels``), for loss-based metrics
+            (preference pairs: their prompt and chosen reply).
+        pairs: when the records are preference pairs, both sides of each (``llmft.data.pairs.tokenize_pairs``);
+            else None.
     """
 
     records: List[dict]
     tokenized: Any
+    pairs: Optional[Any] = None

@@ -166,11 +166,14 @@ def longest_sequence(*datasets: Any) -> int:
     return max(int(pc.max(pc.list_value_length(ds.data.column("input_ids"))).as_py() or 0) for ds in datasets)
 
 
-def records_cut(dataset: Any, max_seq_length: int) -> int:
+def records_cut(dataset: Any, max_seq_length: int) -> Optional[int]:
     """How many records of a tokenized split ``data.max_seq_length`` cut: those with an example of that length
-    (a conversation cut there, a text cut into windows; a record exactly that long counts too)."""
+    (a conversation cut there, a text cut into windows; a record exactly that long counts too). None for a split
+    of another shape (preference pairs)."""
     import pyarrow.compute as pc
 
+    if not {"input_ids", "record"} <= set(dataset.column_names):
+        return None
     lengths = pc.list_value_length(dataset.data.column("input_ids"))
     at_limit = pc.filter(dataset.data.column("record"), pc.greater_equal(lengths, max_seq_length))
     return len(pc.unique(at_limit))
