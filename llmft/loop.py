@@ -17,7 +17,7 @@ import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 from accelerate import Accelerator
@@ -27,6 +27,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_scheduler
 
 from llmft.checkpoint import CheckpointStore, set_rng_state
+from llmft.distributed import accelerator_options, fsdp_environment, full_tensor, shard_on_cpu
 from llmft.errors import NonFiniteLossError
 from llmft.interrupt import Interrupted, StopFlag
 from llmft.objectives import SFT
@@ -70,6 +71,7 @@ class Hardware:
     precision: str = "fp32"
     micro_batch_size: int = 8
     gradient_accumulation_steps: int = 1
+    distributed: Any = None  # accelerate's plugin for several processes (conf/distributed), or None
 
 
 class TrainingLoop:
@@ -150,10 +152,14 @@ class TrainingLoop:
         AcceleratorState._reset_state()  # a sweep's jobs share this process; each sets its own precision
         GradientState._reset_state()
         self.device = hardware.device
-        accelerator = Accelerator(mixed_precision=MIXED_PRECISION[hardware.precision], cpu=hardware.device == "cpu")
+        with fsdp_environment():
+            accelerator = Accelerator(mixed_precision=MIXED_PRECISION[hardware.precision], cpu=hardware.device == "cpu",
+                                      **accelerator_options(hardware.distributed))
+        shard_on_cpu(accelerator, hardware.distributed)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = optimizer(params, lr=self.learning_rate, weight_decay=self.weight_decay)
         model, opt = accelerator.prepare(model, opt)
+        params = [p for p in model.parameters() if p.requires_grad]  # FSDP has replaced them by their shards
         epoch_batches = _Sharded(batch_plan, accelerator.process_index, accelerator.num_processes)
         accum = hardware.gradient_accumulation_steps
         steps_per_epoch = math.ceil(len(epoch_batches(0)) / accum)
@@ -297,6 +303,6 @@ class _Sharded:
 
 def _clip(accelerator: Accelerator, params, max_norm: Optional[float]) -> float:
     if max_norm is not None:
-        return float(accelerator.clip_grad_norm_(params, max_norm))
-    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
-    return float(torch.stack(grads).norm()) if grads else 0.0
+        return float(full_tensor(accelerator.clip_grad_norm_(params, max_norm)))
+    grads = [p.grad.detach().float() for p in params if p.grad is not None]
+    return float(full_tensor(torch.nn.utils.get_total_norm(grads))) if grads else 0.0

@@ -21,6 +21,7 @@ from llmft.data import Splits, load_splits, pad_collate, tokenize_records
 from llmft.data.templates import use_chat_template
 from llmft.checkpoint import CheckpointStore
 from llmft.data.batching import epoch_batches, pack_collate
+from llmft.distributed import trainable_state
 from llmft.environment import describe_environment
 from llmft.errors import DeviceUnavailableError
 from llmft.evaluation import EvalData, Perplexity, build_eval_report, run_evaluators, samples_markdown
@@ -147,7 +148,8 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
                           cfg.seed, group_by_length=cfg.data.group_by_length, packing=cfg.data.packing,
                           max_tokens=hardware.micro_batch_size * cfg.data.max_seq_length),
                       hardware=Hardware(hardware.device, resolve_precision(hardware.precision, hardware.device),
-                                        hardware.micro_batch_size, hardware.gradient_accumulation_steps),
+                                        hardware.micro_batch_size, hardware.gradient_accumulation_steps,
+                                        build(cfg.get("distributed"))),
                       optimizer=build(hardware.optimizer), recorder=recorder, objective=build(cfg.objective),
                       validate=validate_fn if len(val_set) else None,
                       checkpoints=CheckpointStore(recorder.output_dir / "checkpoints", cfg.trainer.keep_checkpoints),
@@ -183,12 +185,16 @@ def _base_results(path: Path, resume: bool, evaluators, model, tokenizer, eval_d
 
 
 def _save_outputs(folder: Path, model, tokenizer, samples: str) -> None:
-    """samples.md and the adapter, each written whole (temporary name, then renamed), with the adapter's manifest."""
+    """samples.md and the adapter, each written whole (temporary name, then renamed), with the adapter's manifest.
+
+    Every process calls this: under FSDP the adapter's shards are gathered from all of them.
+    """
+    weights = trainable_state(model)
     atomic_write(folder / "samples.md", samples)
     staging = folder / ".adapter.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        model.save_pretrained(staging)
+        model.save_pretrained(staging, state_dict=weights)
         tokenizer.save_pretrained(staging)
     except (OSError, RuntimeError, SafetensorError) as exc:  # a full disk reaches us as any of these
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,81 @@
+"""How several processes share a run: accelerate's plugin objects (``conf/distributed``) and what sharding needs.
+
+``distributed=ddp`` builds accelerate's ``DistributedDataParallelKwargs`` and ``distributed=fsdp`` its
+``FullyShardedDataParallelPlugin`` (FSDP2); ``accelerator_options`` hands either to the ``Accelerator`` the loop
+creates. Under FSDP each process holds a shard of every parameter (a ``DTensor``), so whatever is written whole -
+the adapter, a checkpoint - is gathered first, on every process at once (``full_tensor`` is a collective).
+"""
+
+import contextlib
+import logging
+import os
+from typing import Any, Dict, Iterator
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, KwargsHandler
+from torch.distributed.tensor import DTensor
+
+log = logging.getLogger(__name__)
+
+
+def accelerator_options(plugin: Any) -> Dict[str, Any]:
+    """The ``Accelerator`` keyword arguments that carry ``plugin`` (None: none)."""
+    if plugin is None:
+        return {}
+    if isinstance(plugin, FullyShardedDataParallelPlugin):
+        return {"fsdp_plugin": plugin}
+    if isinstance(plugin, KwargsHandler):
+        return {"kwargs_handlers": [plugin]}
+    raise TypeError(f"distributed: {type(plugin).__name__} is neither an FSDP plugin nor accelerate kwargs")
+
+
+def shard_on_cpu(accelerator: Accelerator, plugin: Any) -> None:
+    """Give accelerate's FSDP path the processes it leaves data-parallel: CPU processes over gloo.
+
+    Accelerate keeps FSDP for accelerator devices (its CPU processes are always ``MULTI_CPU``, plain DDP), yet
+    torch's ``fully_shard`` runs on CPU tensors over gloo: this switches such a state to FSDP with ``plugin``, so
+    that ``prepare``, gradient clipping and ``no_sync`` take accelerate's FSDP2 code, as on GPUs. One process has
+    nothing to shard, and says so.
+    """
+    if not isinstance(plugin, FullyShardedDataParallelPlugin):
+        return
+    if accelerator.num_processes == 1:
+        log.info("distributed: FSDP with one process has nothing to shard; training unsharded.")
+        return
+    state = accelerator.state
+    if state.distributed_type == DistributedType.MULTI_CPU:
+        state.distributed_type, state.fsdp_plugin = DistributedType.FSDP, plugin
+        if accelerator.mixed_precision != "no":
+            plugin.set_mixed_precision(accelerator.mixed_precision)
+    log.info("distributed: FSDP%d over %d processes (%s)", plugin.fsdp_version, accelerator.num_processes,
+             accelerator.device.type)
+
+
+@contextlib.contextmanager
+def fsdp_environment() -> Iterator[None]:
+    """Undo the ``ACCELERATE_USE_FSDP`` that an ``Accelerator`` given an FSDP plugin sets for the whole process,
+    so that the next job of a sweep (Hydra runs them in one process) is not sharded unless it asks to be."""
+    before = os.environ.get("ACCELERATE_USE_FSDP")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("ACCELERATE_USE_FSDP", None)
+        else:
+            os.environ["ACCELERATE_USE_FSDP"] = before
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """A parameter or gradient as one whole CPU tensor; a shard (``DTensor``) is gathered from every process."""
+    if isinstance(tensor, DTensor):
+        tensor = tensor.full_tensor()
+    return tensor.detach().to("cpu").contiguous()
+
+
+def trainable_state(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """The parameters that train (the adapters), by name, whole, as contiguous CPU tensors.
+
+    Under FSDP every process must call this (the shards are gathered); every process gets the whole tensors.
+    """
+    return {name: full_tensor(p) for name, p in model.named_parameters() if p.requires_grad}
