@@ -13,8 +13,12 @@ from typing import Any, Dict, Iterator
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, KwargsHandler
-from torch.distributed.tensor import DTensor
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, KwargsHandler, gather_object
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from llmft.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -79,3 +83,62 @@ def trainable_state(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     Under FSDP every process must call this (the shards are gathered); every process gets the whole tensors.
     """
     return {name: full_tensor(p) for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model: torch.nn.Module, weights: Dict[str, torch.Tensor]) -> None:
+    """Copy whole tensors (``trainable_state``) into the model's parameters; a shard takes its own part.
+
+    Raises:
+        ValueError: ``weights`` names a parameter the model lacks.
+    """
+    params = dict(model.named_parameters())
+    missing = sorted(set(weights) - set(params))
+    if missing:
+        raise ValueError(f"weights this model lacks: {missing[:3]}")
+    with torch.no_grad():
+        for name, value in weights.items():
+            param = params[name]
+            if isinstance(param, DTensor):
+                value = distribute_tensor(value.to(param.device, param.dtype), param.device_mesh, param.placements)
+            param.copy_(value)
+
+
+def _sharded(model: torch.nn.Module) -> bool:
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def optimizer_state(model: torch.nn.Module, optimizer) -> dict:
+    """The optimizer's state, whole: under FSDP gathered from every process (all call this; the main one gets it)."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
+    if not _sharded(model):
+        return optimizer.state_dict()
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer, state: dict) -> None:
+    """Load what ``optimizer_state`` returned; under FSDP each process keeps its shard of it."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)
+    if not _sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def every_process(accelerator: Accelerator, value: Any) -> Any:
+    """``value`` of this process; with several, the list of every process's, in rank order."""
+    return value if accelerator.num_processes == 1 else gather_object([value])
+
+
+def own_share(accelerator: Accelerator, saved: Any, what: str) -> Any:
+    """This process's entry of what ``every_process`` returned when the checkpoint was written.
+
+    Raises:
+        ConfigError: the checkpoint was written by a different number of processes.
+    """
+    count = len(saved) if isinstance(saved, list) else 1
+    if count != accelerator.num_processes:
+        raise ConfigError(
+            f"this {what} was written by {count} process(es) and this run has {accelerator.num_processes}: each "
+            "process's position in the data and random state belong to its rank, so a run resumes only with the "
+            f"process count it was started with. Launch it again with --num_processes {count} (times the machines).")
+    return saved[accelerator.process_index] if isinstance(saved, list) else saved

@@ -22,12 +22,14 @@ from typing import Any, Callable, List, Optional, Sequence
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_scheduler
 
-from llmft.checkpoint import CheckpointStore, set_rng_state
-from llmft.distributed import accelerator_options, fsdp_environment, full_tensor, shard_on_cpu
+from llmft.checkpoint import CheckpointStore, restore, rng_state, set_rng_state
+from llmft.distributed import (accelerator_options, every_process, fsdp_environment, full_tensor, optimizer_state,
+                               own_share, shard_on_cpu, trainable_state)
 from llmft.errors import NonFiniteLossError
 from llmft.interrupt import Interrupted, StopFlag
 from llmft.objectives import SFT
@@ -171,7 +173,7 @@ class TrainingLoop:
             warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*before.*optimizer.step", category=UserWarning)
             sched.step()
         self.state = LoopState()
-        rng = self._resume(checkpoints, accelerator.unwrap_model(model), opt, sched, recorder) if resume else None
+        rng = self._resume(checkpoints, accelerator, opt, sched, recorder, model) if resume else None
         log.info("Training: %d optimizer steps (%d per epoch), micro-batch %d x %d accumulation, %s%s", total,
                  steps_per_epoch, hardware.micro_batch_size, accum, hardware.precision,
                  f", resuming after step {self.state.step}" if self.state.step else "")
@@ -247,24 +249,38 @@ class TrainingLoop:
         opt.zero_grad(set_to_none=True)
         return loss_sum, int(tokens), grad_norm
 
-    def _resume(self, checkpoints: Optional[CheckpointStore], model, opt, sched, recorder: RunRecorder):
-        """Load the newest valid checkpoint (if any) and rewind ``metrics.jsonl`` to it; returns its RNG state."""
-        path = checkpoints.latest() if checkpoints is not None else None
-        if path is None:
+    def _resume(self, checkpoints: Optional[CheckpointStore], accelerator: Accelerator, opt, sched,
+                recorder: RunRecorder, model):
+        """Load the newest valid checkpoint (if any) and rewind ``metrics.jsonl`` to it; returns its RNG state.
+
+        The main process finds and reads it, and hands it to the others: their run folders are scratch ones.
+        """
+        found = None
+        if accelerator.is_main_process and checkpoints is not None:
+            path = checkpoints.latest()
+            found = (str(path), checkpoints.read(path)) if path is not None else None
+        if accelerator.num_processes > 1:
+            found = broadcast_object_list([found])[0]
+        if found is None:
             log.info("No checkpoint to resume from: training from the start.")
             recorder.restart_metrics([])
             return None
-        state = checkpoints.load(path, model, opt, sched)
-        rng = state.pop("rng")
-        self.load_state_dict(state)
+        path, saved = found
+        rng = own_share(accelerator, saved["rng"], f"checkpoint {path}")  # first: refuse another process count
+        restore(saved, path, accelerator.unwrap_model(model), opt, sched)
+        self.load_state_dict(saved["state"])
         recorder.restart_metrics(self.state.rows)
         log.info("Resumed from %s (step %d, epoch %d, micro-batch %d of the epoch)", path, self.state.step,
                  self.state.epoch, self.state.batch)
         return rng
 
     def _save(self, checkpoints: CheckpointStore, accelerator: Accelerator, model, opt, sched) -> None:
+        model = accelerator.unwrap_model(model)
+        # every process: FSDP gathers the shards, and each process's random state goes into the one checkpoint
+        weights, optim = trainable_state(model), optimizer_state(model, opt)
+        rng = every_process(accelerator, rng_state())
         if accelerator.is_main_process:
-            checkpoints.save(self.state.step, accelerator.unwrap_model(model), opt, sched, self.state_dict())
+            checkpoints.save(self.state.step, weights, optim, sched.state_dict(), rng, self.state_dict())
         accelerator.wait_for_everyone()
 
     def _log(self, recorder, step, epoch, loss, lr, grad_norm, total) -> None:
