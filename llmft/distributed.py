@@ -9,10 +9,10 @@ the adapter, a checkpoint - is gathered first, on every process at once (``full_
 import contextlib
 import logging
 import os
-from typing import Any, Dict, Iterator
+from typing import Any, Callable, Dict, Iterator, Optional
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, KwargsHandler, gather_object
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
                                                      set_optimizer_state_dict)
@@ -70,6 +70,27 @@ def fsdp_environment() -> Iterator[None]:
             os.environ["ACCELERATE_USE_FSDP"] = before
 
 
+def is_main_rank() -> bool:
+    """Whether this is the main process of the run (rank 0 of what a launcher or ``llmft.cluster`` set up)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def main_process_goes_first(device: str) -> Callable[[], None]:
+    """With several processes, the others wait here until the main one calls the returned function, and then the
+    other processes of each machine wait for its first one: what these write to the caches (a converted model,
+    tokenized data) is complete when the others read it, whether or not the machines share a file system."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return lambda: None
+    state = PartialState(cpu=device == "cpu")  # the process group; the loop's Accelerator reuses it
+    if state.is_main_process:
+        return lambda: (state.wait_for_everyone(), state.wait_for_everyone())
+    state.wait_for_everyone()
+    if state.is_local_main_process:
+        return state.wait_for_everyone
+    state.wait_for_everyone()
+    return lambda: None
+
+
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """A parameter or gradient as one whole CPU tensor; a shard (``DTensor``) is gathered from every process."""
     if isinstance(tensor, DTensor):
@@ -122,6 +143,15 @@ def load_optimizer_state(model: torch.nn.Module, optimizer, state: dict) -> None
         optimizer.load_state_dict(state)
         return
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def agreed_signal(accelerator: Accelerator, signum: Optional[int]) -> Optional[int]:
+    """The stopping signal any process received (None: none), so that every process stops after the same step: one
+    that went on alone would wait forever in the next step's collectives."""
+    if accelerator.num_processes == 1:
+        return signum
+    received = accelerator.gather(torch.tensor([signum or 0], device=accelerator.device))
+    return int(received.max()) or None
 
 
 def every_process(accelerator: Accelerator, value: Any) -> Any:

@@ -28,8 +28,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_scheduler
 
 from llmft.checkpoint import CheckpointStore, restore, rng_state, set_rng_state
-from llmft.distributed import (accelerator_options, every_process, fsdp_environment, full_tensor, optimizer_state,
-                               own_share, shard_on_cpu, trainable_state)
+from llmft.distributed import (accelerator_options, agreed_signal, every_process, fsdp_environment, full_tensor,
+                               optimizer_state, own_share, shard_on_cpu, trainable_state)
 from llmft.errors import NonFiniteLossError
 from llmft.interrupt import Interrupted, StopFlag
 from llmft.objectives import SFT
@@ -202,12 +202,13 @@ class TrainingLoop:
                 if validate is not None and self.eval_every and step % self.eval_every == 0:
                     self._validate(recorder, validate, model, step, step / steps_per_epoch)
                 epoch_ended = self.state.epoch != epoch
+                signum = agreed_signal(accelerator, stop.signum)
                 if checkpoints is not None and step < total and (
-                        stop.signum is not None or (self.save_every and step % self.save_every == 0)
+                        signum is not None or (self.save_every and step % self.save_every == 0)
                         or (self.save_each_epoch and epoch_ended)):
                     self._save(checkpoints, accelerator, model, opt, sched)
-                if stop.signum is not None and step < total:
-                    raise Interrupted(stop.signum, step, resume_command)
+                if signum is not None and step < total:
+                    raise Interrupted(signum, step, resume_command)
         bar.close()
         duration = time.perf_counter() - start
         accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # evaluation sets its own precision

@@ -21,7 +21,7 @@ from llmft.data import Splits, load_splits, pad_collate, tokenize_records
 from llmft.data.templates import use_chat_template
 from llmft.checkpoint import CheckpointStore
 from llmft.data.batching import epoch_batches, pack_collate
-from llmft.distributed import trainable_state
+from llmft.distributed import is_main_rank, main_process_goes_first, trainable_state
 from llmft.environment import describe_environment
 from llmft.errors import DeviceUnavailableError
 from llmft.evaluation import EvalData, Perplexity, build_eval_report, run_evaluators, samples_markdown
@@ -68,7 +68,8 @@ def run(cfg: DictConfig, output_dir, overrides: Sequence[str] = (), resume: bool
 
 def _run_in(folder: RunFolder, cfg: DictConfig, overrides: Sequence[str], resume: bool,
             resume_command: str) -> Dict[str, Any]:
-    tracker = build(cfg.get("logger"), run_config=cfg, output_dir=str(folder.path), overrides=list(overrides))
+    tracker = build(cfg.get("logger"), run_config=cfg, output_dir=str(folder.path), overrides=list(overrides)) \
+        if is_main_rank() else None  # one W&B run, however many processes
     recorder = RunRecorder(folder.path, trackers=[tracker] if tracker else [])
     log.info("Run folder: %s", recorder.output_dir.resolve())
     summary: Dict[str, Any] = {"status": "running", "overrides": list(overrides)}
@@ -122,6 +123,7 @@ def _completed(path: Path) -> bool:
 def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, resume_command: str) -> Dict[str, Any]:
     hardware = cfg.hardware
     set_seed(cfg.seed)
+    cached = main_process_goes_first(hardware.device)  # the others then read the model and data it cached
     splits = read_splits(cfg, recorder.output_dir)
     quantization = build(cfg.quantization)
     loaded = build(cfg.model, quantization_config=quantization,
@@ -130,6 +132,7 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
     tokenizer = loaded.tokenizer
     (train_set, train_dropped), (val_set, _) = tokenize_split(cfg, tokenizer, splits.train, "train"), \
         tokenize_split(cfg, tokenizer, splits.val, "val")
+    cached()
     set_seed(cfg.seed)  # the adapters' initial weights do not depend on what loading did (a first-run conversion)
     model = apply_lora(loaded.model, build(cfg.lora), hardware.gradient_checkpointing)
     if quantization is None:

@@ -4,7 +4,11 @@ loss curve, write one run folder, and resume from a checkpoint to the same adapt
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,8 +54,8 @@ def runs(tmp_path_factory, cache_dir):
     """The same run on 1 process (2 micro-batches accumulated) and on 2 processes with DDP and with FSDP."""
     root = tmp_path_factory.mktemp("distributed")
     folders = {}
-    for name, processes, extra in (("one", 1, ["hardware.gradient_accumulation_steps=2"]), ("ddp", 2, ["distributed=ddp"]),
-                                   ("fsdp", 2, ["distributed=fsdp"])):
+    for name, processes, extra in (("one", 1, ["hardware.gradient_accumulation_steps=2"]),
+                                   ("ddp", 2, ["distributed=ddp"]), ("fsdp", 2, ["distributed=fsdp"])):
         folders[name] = root / name
         result = launch(processes, *RUN, *extra, f"hydra.run.dir={folders[name]}", cwd=root, cache_dir=cache_dir)
         folders[name + "_log"] = result.stdout + result.stderr
@@ -116,3 +120,62 @@ def test_qlora_trains_under_fsdp_and_shards_4bit_weights_stored_in_the_compute_d
     # accelerate leaves 4-bit weights in integer storage out of the shards (and says so); float storage is sharded
     assert ("non-floating frozen Params4bit" in result.stderr) is replicated
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_two_nodes_meet_at_one_rendezvous_and_write_one_run_folder(tmp_path, cache_dir):
+    """Two torchrun invocations, as on two machines (here both on localhost), one process each, one c10d rendezvous."""
+    torchrun = shutil.which("torchrun") or pytest.skip("torchrun is not on PATH")
+    node = [torchrun, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", f"localhost:{free_port()}", "--rdzv-id", "llmft-test", "-m", "llmft.train",
+            "experiment=smoke", "eval=none", "distributed=fsdp", "trainer.max_steps=2", f"paths.cache_dir={cache_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen(node, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=900)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert "FSDP2 over 2 processes (cpu)" in "".join(outputs)
+    runs = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
+    assert len(runs) == 1, runs
+    assert json.loads((runs[0] / "summary.json").read_text())["status"] == "completed"
+    assert [json.loads(line)["step"] for line in (runs[0] / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_stops_every_process_after_the_same_step_and_resumes(tmp_path, cache_dir):
+    """SIGTERM reaches one process only (as a node's preemption might): all checkpoint after the same step."""
+    accelerate = shutil.which("accelerate") or pytest.skip("accelerate's launcher is not on PATH")
+    run = tmp_path / "run"
+    command = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "llmft.train", "experiment=smoke",
+               "eval=none", "distributed=fsdp", "hardware.micro_batch_size=1", "trainer.max_steps=40",
+               f"hydra.run.dir={run}", f"paths.cache_dir={cache_dir}"]
+    launcher = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics, deadline = run / "metrics.jsonl", time.time() + 600
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+        assert launcher.poll() is None and time.time() < deadline, launcher.stdout.read()[-3000:]
+        time.sleep(0.05)
+    os.kill(rank_pid(launcher.pid, 1), signal.SIGTERM)
+    output = launcher.communicate(timeout=600)[0]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted", output[-3000:]
+    assert [p.name for p in (run / "checkpoints").iterdir()] == [f"step-{summary['interrupted_at_step']:07d}"]
+    launch(2, f"resume={run}", cwd=tmp_path, cache_dir=cache_dir)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["train_steps"] == 40
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, 41))
+
+
+def rank_pid(launcher: int, rank: int) -> int:
+    """The process of ``rank`` among the launcher's children (read from /proc)."""
+    for child in Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split():
+        if f"RANK={rank}".encode() in Path(f"/proc/{child}/environ").read_bytes().split(b"\0"):
+            return int(child)
+    raise AssertionError(f"no process of rank {rank} under {launcher}")
