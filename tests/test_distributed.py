@@ -81,6 +81,10 @@ def test_fsdp_shards_the_model_and_writes_one_run_folder(runs):
     summary = json.loads((runs["fsdp"] / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["train_steps"] == 4
     assert [p.name for p in (runs["fsdp"] / "checkpoints").iterdir()] != []
+    # the adapter is a whole PEFT adapter that llmft-eval reads on one process, as any other
+    evaluated = subprocess.run(["llmft-eval", str(runs["fsdp"]), "eval=perplexity"], capture_output=True, text=True,
+                               timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert evaluated.returncode == 0 and "(base -> fine-tuned)" in evaluated.stdout + evaluated.stderr
 
 
 @pytest.mark.slow
