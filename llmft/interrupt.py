@@ -4,14 +4,12 @@ The first SIGINT or SIGTERM only raises a flag that the training loop reads afte
 SIGINT stops at once (``KeyboardInterrupt``), as users expect of a second Ctrl-C.
 """
 
-import logging
 import signal
 import threading
 from typing import Optional
 
 from llmft.errors import LlmftError
 
-log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -44,10 +42,10 @@ class StopFlag:
         self._previous = {}
 
     def _handle(self, signum: int, frame) -> None:
+        # nothing but a flag here: logging from a signal handler can re-enter a stream the interrupted code was
+        # writing ("reentrant call"); the loop says what happens once the step is done
         if self.signum is not None:
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
             return
         self.signum = signum
-        log.warning("%s received: finishing this optimizer step and writing a checkpoint (Ctrl-C again stops at "
-                    "once, without one).", signal.Signals(signum).name)

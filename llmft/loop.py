@@ -13,6 +13,7 @@ optimizer state as one that was never stopped: its final adapter is the same, te
 import contextlib
 import logging
 import math
+import signal
 import sys
 import time
 import warnings
@@ -211,6 +212,8 @@ class TrainingLoop:
                         or (self.save_each_epoch and epoch_ended)):
                     self._save(checkpoints, accelerator, model, opt, sched)
                 if signum is not None and step < total:
+                    log.warning("%s received: stopped after optimizer step %d%s.", signal.Signals(signum).name,
+                                step, ", checkpoint written" if checkpoints is not None else "")
                     raise Interrupted(signum, step, resume_command)
         bar.close()
         duration = time.perf_counter() - start
