@@ -21,15 +21,11 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
+from llmft.distributed import load_optimizer_state, load_trainable
 from llmft.files import explain_write_error, read_json, verify_manifest, write_json, write_manifest
 
 log = logging.getLogger(__name__)
 FILES = ("adapter.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json")
-
-
-def trainable_state(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    """The parameters that train (the adapters), by name, as contiguous CPU tensors."""
-    return {name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters() if p.requires_grad}
 
 
 def rng_state() -> dict:
@@ -64,8 +60,17 @@ class CheckpointStore:
         self.folder = Path(folder)
         self.keep = max(1, keep)
 
-    def save(self, step: int, model, optimizer, scheduler, loop_state: dict) -> Path:
+    def save(self, step: int, weights: Dict[str, torch.Tensor], optimizer: dict, scheduler: dict, rng,
+             loop_state: dict) -> Path:
         """Write checkpoint ``step-{step}`` (atomically: a temporary folder renamed into place) and prune.
+
+        Args:
+            step: the optimizer steps done.
+            weights: the trainable parameters, whole (``llmft.distributed.trainable_state``).
+            optimizer: the optimizer's state, whole (``llmft.distributed.optimizer_state``).
+            scheduler: the learning-rate scheduler's state.
+            rng: ``rng_state()``, or with several processes the list of each one's.
+            loop_state: the loop's own state.
 
         Raises:
             WriteError: the disk is full or the folder is not writable; no partial checkpoint is left.
@@ -78,9 +83,8 @@ class CheckpointStore:
             tmp.mkdir(parents=True)
             # serialised in memory, then written by plain file writes: a full disk is then an OSError that names
             # its cause, not a library's half-written archive
-            (tmp / "adapter.safetensors").write_bytes(safetensors_bytes(trainable_state(model)))
-            for name, obj in (("optimizer.pt", optimizer.state_dict()), ("scheduler.pt", scheduler.state_dict()),
-                              ("rng.pt", rng_state())):
+            (tmp / "adapter.safetensors").write_bytes(safetensors_bytes(weights))
+            for name, obj in (("optimizer.pt", optimizer), ("scheduler.pt", scheduler), ("rng.pt", rng)):
                 buffer = io.BytesIO()
                 torch.save(obj, buffer)
                 (tmp / name).write_bytes(buffer.getvalue())
@@ -116,24 +120,16 @@ class CheckpointStore:
             log.warning("Skipping checkpoint %s: %s; trying the one before it.", path.name, problem)
         return None
 
-    def load(self, path: Path, model, optimizer, scheduler) -> dict:
-        """Load a checkpoint into ``model``/``optimizer``/``scheduler``; returns the loop's state.
+    def read(self, path: Path) -> dict:
+        """A checkpoint's contents: ``weights``, ``optimizer``, ``scheduler``, ``rng`` and the loop's ``state``.
 
-        The random-number states are not restored here: the loop restores them last, right before its next step.
+        The main process reads it and hands it to the others (``llmft.loop``), which need not see the run folder.
         """
-        weights = load_file(str(path / "adapter.safetensors"))
-        params = dict(model.named_parameters())
-        missing = sorted(set(weights) - set(params))
-        if missing:
-            raise ValueError(f"checkpoint {path} has weights this model lacks: {missing[:3]}")
-        with torch.no_grad():
-            for name, value in weights.items():
-                params[name].copy_(value)
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-        state = read_json(path / "trainer_state.json", "checkpoint state")
-        state["rng"] = torch.load(path / "rng.pt", weights_only=True)
-        return state
+        return {"weights": load_file(str(path / "adapter.safetensors")),
+                "optimizer": torch.load(path / "optimizer.pt", weights_only=True),
+                "scheduler": torch.load(path / "scheduler.pt", weights_only=True),
+                "rng": torch.load(path / "rng.pt", weights_only=True),
+                "state": read_json(path / "trainer_state.json", "checkpoint state")}
 
     def _prune(self) -> None:
         for old in self.all()[: -self.keep]:
@@ -141,6 +137,20 @@ class CheckpointStore:
         for stale in self.folder.glob(".tmp-step-*"):  # left by a process killed while saving
             if not stale.name.endswith(f"-{os.getpid()}"):
                 shutil.rmtree(stale, ignore_errors=True)
+
+
+def restore(saved: dict, path, model, optimizer, scheduler) -> None:
+    """Load what ``CheckpointStore.read`` returned into ``model``/``optimizer``/``scheduler``.
+
+    The random-number states are not restored here: the loop restores them last, right before its next step.
+    Under FSDP every process calls this and keeps its shard of the weights and of the optimizer state.
+    """
+    try:
+        load_trainable(model, saved["weights"])
+    except ValueError as exc:
+        raise ValueError(f"checkpoint {path} has {exc}") from None
+    load_optimizer_state(model, optimizer, saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -18,16 +18,19 @@ import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_scheduler
 
-from llmft.checkpoint import CheckpointStore, set_rng_state
+from llmft.checkpoint import CheckpointStore, restore, rng_state, set_rng_state
+from llmft.distributed import (accelerator_options, agreed_signal, every_process, fsdp_environment, full_tensor,
+                               optimizer_state, own_share, shard_on_cpu, trainable_state)
 from llmft.errors import NonFiniteLossError
 from llmft.interrupt import Interrupted, StopFlag
 from llmft.objectives import SFT
@@ -73,6 +76,7 @@ class Hardware:
     precision: str = "fp32"
     micro_batch_size: int = 8
     gradient_accumulation_steps: int = 1
+    distributed: Any = None  # accelerate's plugin for several processes (conf/distributed), or None
 
 
 class TrainingLoop:
@@ -154,10 +158,13 @@ class TrainingLoop:
         AcceleratorState._reset_state()  # a sweep's jobs share this process; each sets its own precision
         GradientState._reset_state()
         self.device = hardware.device
-        accelerator = _accelerator(hardware)
+        with fsdp_environment():
+            accelerator = _accelerator(hardware)
+        shard_on_cpu(accelerator, hardware.distributed)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = optimizer(params, lr=self.learning_rate, weight_decay=self.weight_decay)
         model, opt = accelerator.prepare(model, opt)
+        params = [p for p in model.parameters() if p.requires_grad]  # FSDP has replaced them by their shards
         epoch_batches = _Sharded(batch_plan, accelerator.process_index, accelerator.num_processes)
         accum = hardware.gradient_accumulation_steps
         steps_per_epoch = math.ceil(len(epoch_batches(0)) / accum)
@@ -169,7 +176,7 @@ class TrainingLoop:
             warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*before.*optimizer.step", category=UserWarning)
             sched.step()
         self.state = LoopState()
-        rng = self._resume(checkpoints, accelerator.unwrap_model(model), opt, sched, recorder) if resume else None
+        rng = self._resume(checkpoints, accelerator, opt, sched, recorder, model) if resume else None
         log.info("Training: %d optimizer steps (%d per epoch), micro-batch %d x %d accumulation, %s%s", total,
                  steps_per_epoch, hardware.micro_batch_size, accum, hardware.precision,
                  f", resuming after step {self.state.step}" if self.state.step else "")
@@ -199,14 +206,15 @@ class TrainingLoop:
                 if validate is not None and self.eval_every and step % self.eval_every == 0:
                     self._validate(recorder, validate, model, step, step / steps_per_epoch)
                 epoch_ended = self.state.epoch != epoch
+                signum = agreed_signal(accelerator, stop.signum)
                 if checkpoints is not None and step < total and (
-                        stop.signum is not None or (self.save_every and step % self.save_every == 0)
+                        signum is not None or (self.save_every and step % self.save_every == 0)
                         or (self.save_each_epoch and epoch_ended)):
                     self._save(checkpoints, accelerator, model, opt, sched)
-                if stop.signum is not None and step < total:
-                    log.warning("%s received: stopped after optimizer step %d%s.", signal.Signals(stop.signum).name,
+                if signum is not None and step < total:
+                    log.warning("%s received: stopped after optimizer step %d%s.", signal.Signals(signum).name,
                                 step, ", checkpoint written" if checkpoints is not None else "")
-                    raise Interrupted(stop.signum, step, resume_command)
+                    raise Interrupted(signum, step, resume_command)
         bar.close()
         duration = time.perf_counter() - start
         accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # evaluation sets its own precision
@@ -260,24 +268,38 @@ class TrainingLoop:
         opt.zero_grad(set_to_none=True)
         return loss_sum, int(tokens), grad_norm, {k: v / max(units, 1) for k, v in zip(keys, summed)}
 
-    def _resume(self, checkpoints: Optional[CheckpointStore], model, opt, sched, recorder: RunRecorder):
-        """Load the newest valid checkpoint (if any) and rewind ``metrics.jsonl`` to it; returns its RNG state."""
-        path = checkpoints.latest() if checkpoints is not None else None
-        if path is None:
+    def _resume(self, checkpoints: Optional[CheckpointStore], accelerator: Accelerator, opt, sched,
+                recorder: RunRecorder, model):
+        """Load the newest valid checkpoint (if any) and rewind ``metrics.jsonl`` to it; returns its RNG state.
+
+        The main process finds and reads it, and hands it to the others: their run folders are scratch ones.
+        """
+        found = None
+        if accelerator.is_main_process and checkpoints is not None:
+            path = checkpoints.latest()
+            found = (str(path), checkpoints.read(path)) if path is not None else None
+        if accelerator.num_processes > 1:
+            found = broadcast_object_list([found])[0]
+        if found is None:
             log.info("No checkpoint to resume from: training from the start.")
             recorder.restart_metrics([])
             return None
-        state = checkpoints.load(path, model, opt, sched)
-        rng = state.pop("rng")
-        self.load_state_dict(state)
+        path, saved = found
+        rng = own_share(accelerator, saved["rng"], f"checkpoint {path}")  # first: refuse another process count
+        restore(saved, path, accelerator.unwrap_model(model), opt, sched)
+        self.load_state_dict(saved["state"])
         recorder.restart_metrics(self.state.rows)
         log.info("Resumed from %s (step %d, epoch %d, micro-batch %d of the epoch)", path, self.state.step,
                  self.state.epoch, self.state.batch)
         return rng
 
     def _save(self, checkpoints: CheckpointStore, accelerator: Accelerator, model, opt, sched) -> None:
+        model = accelerator.unwrap_model(model)
+        # every process: FSDP gathers the shards, and each process's random state goes into the one checkpoint
+        weights, optim = trainable_state(model), optimizer_state(model, opt)
+        rng = every_process(accelerator, rng_state())
         if accelerator.is_main_process:
-            checkpoints.save(self.state.step, accelerator.unwrap_model(model), opt, sched, self.state_dict())
+            checkpoints.save(self.state.step, weights, optim, sched.state_dict(), rng, self.state_dict())
         accelerator.wait_for_everyone()
 
     def _log(self, recorder, step, epoch, loss, lr, grad_norm, total, figures) -> None:
@@ -316,8 +338,10 @@ class _Sharded:
 
 
 def _accelerator(hardware: Hardware) -> Accelerator:
-    """accelerate for this run's precision and device (fp16 on a GPU brings its loss scaler)."""
-    return Accelerator(mixed_precision=MIXED_PRECISION[hardware.precision], cpu=hardware.device == "cpu")
+    """accelerate for this run's precision, device and way of spreading the work (fp16 on a GPU brings its loss
+    scaler; ``hardware.distributed`` the DDP or FSDP plugin)."""
+    return Accelerator(mixed_precision=MIXED_PRECISION[hardware.precision], cpu=hardware.device == "cpu",
+                       **accelerator_options(hardware.distributed))
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -329,6 +353,6 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 def _clip(accelerator: Accelerator, params, max_norm: Optional[float]) -> float:
     if max_norm is not None:
-        return float(accelerator.clip_grad_norm_(params, max_norm))
-    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
-    return float(torch.stack(grads).norm()) if grads else 0.0
+        return float(full_tensor(accelerator.clip_grad_norm_(params, max_norm)))
+    grads = [p.grad.detach().float() for p in params if p.grad is not None]
+    return float(full_tensor(torch.nn.utils.get_total_norm(grads))) if grads else 0.0

@@ -21,6 +21,7 @@ from llmft.data.pairs import tokenize_pairs
 from llmft.data.templates import use_chat_template
 from llmft.checkpoint import CheckpointStore
 from llmft.data.batching import epoch_batches
+from llmft.distributed import is_main_rank, main_process_goes_first, trainable_state
 from llmft.environment import describe_environment
 from llmft.errors import DeviceUnavailableError
 from llmft.evaluation import EvalData, Perplexity, build_eval_report, run_evaluators, samples_markdown
@@ -68,7 +69,8 @@ def run(cfg: DictConfig, output_dir, overrides: Sequence[str] = (), resume: bool
 
 def _run_in(folder: RunFolder, cfg: DictConfig, overrides: Sequence[str], resume: bool,
             resume_command: str) -> Dict[str, Any]:
-    tracker = build(cfg.get("logger"), run_config=cfg, output_dir=str(folder.path), overrides=list(overrides))
+    tracker = build(cfg.get("logger"), run_config=cfg, output_dir=str(folder.path), overrides=list(overrides)) \
+        if is_main_rank() else None  # one W&B run, however many processes
     recorder = RunRecorder(folder.path, trackers=[tracker] if tracker else [])
     log.info("Run folder: %s", recorder.output_dir.resolve())
     summary: Dict[str, Any] = {"status": "running", "overrides": list(overrides)}
@@ -124,6 +126,7 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
     objective = build(cfg.objective)
     objective.collate(0, cfg.data.packing)  # refuses what the objective cannot batch, before weights are loaded
     set_seed(cfg.seed)
+    cached = main_process_goes_first(hardware.device)  # the others then read the model and data it cached
     splits = read_splits(cfg, recorder.output_dir)
     quantization = build(cfg.quantization)
     device = use_device(hardware.device)  # this rank's GPU, current before any weight loads
@@ -133,6 +136,7 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
     tokenizer = loaded.tokenizer
     train_set, train_dropped = tokenize_split(cfg, tokenizer, splits.train, "train", objective)
     eval_data = evaluation_data(cfg, tokenizer, splits.val)
+    cached()
     set_seed(cfg.seed)  # the adapters' initial weights do not depend on what loading did (a first-run conversion)
     model = apply_lora(loaded.model, build(cfg.lora), hardware.gradient_checkpointing)
     if quantization is None:
@@ -149,7 +153,8 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
                           cfg.seed, group_by_length=cfg.data.group_by_length, packing=cfg.data.packing,
                           max_tokens=hardware.micro_batch_size * cfg.data.max_seq_length),
                       hardware=Hardware(hardware.device, resolve_precision(hardware.precision, hardware.device),
-                                        hardware.micro_batch_size, hardware.gradient_accumulation_steps),
+                                        hardware.micro_batch_size, hardware.gradient_accumulation_steps,
+                                        build(cfg.get("distributed"))),
                       optimizer=build(hardware.optimizer), recorder=recorder, objective=objective,
                       validate=validate_fn if len(eval_data.tokenized) else None,
                       checkpoints=CheckpointStore(recorder.output_dir / "checkpoints", cfg.trainer.keep_checkpoints),
@@ -186,12 +191,16 @@ def _base_results(path: Path, resume: bool, evaluators, model, tokenizer, eval_d
 
 
 def _save_outputs(folder: Path, model, tokenizer, samples: str) -> None:
-    """samples.md and the adapter, each written whole (temporary name, then renamed), with the adapter's manifest."""
+    """samples.md and the adapter, each written whole (temporary name, then renamed), with the adapter's manifest.
+
+    Every process calls this: under FSDP the adapter's shards are gathered from all of them.
+    """
+    weights = trainable_state(model)
     atomic_write(folder / "samples.md", samples)
     staging = folder / ".adapter.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        model.save_pretrained(staging)
+        model.save_pretrained(staging, state_dict=weights)
         tokenizer.save_pretrained(staging)
     except (OSError, RuntimeError, SafetensorError) as exc:  # a full disk reaches us as any of these
         shutil.rmtree(staging, ignore_errors=True)

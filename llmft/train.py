@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from llmft.cluster import rendezvous_from_job
 from llmft.config import schema  # noqa: F401  (registers train_schema)
 from llmft.config.precheck import CONFIG_DIR, fail, precheck
 from llmft.errors import ConfigError, DeviceUnavailableError, LlmftError
@@ -31,10 +32,14 @@ def hydra_main(cfg: DictConfig) -> float:
     from llmft.interrupt import Interrupted
 
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+    output_dir = hydra_cfg.runtime.output_dir
+    if rendezvous_from_job() and int(os.environ["RANK"]) > 0:  # a Slurm task: only rank 0 writes the run folder
+        output_dir = scratch_folder()
+        logging.getLogger().setLevel(logging.WARNING)
     overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("resume=")]
     command = f"llmft-train -m resume={hydra_cfg.sweep.dir}" if sweeping else None
     try:
-        summary = run(cfg, hydra_cfg.runtime.output_dir, overrides=overrides, resume=cfg.resume is not None,
+        summary = run(cfg, output_dir, overrides=overrides, resume=cfg.resume is not None,
                       resume_command=command)
     except Interrupted as exc:  # the whole sweep stops too: resume=SWEEP_DIR continues it
         fail(str(exc), code=exc.exit_code)
@@ -54,6 +59,13 @@ def hydra_main(cfg: DictConfig) -> float:
     finally:
         release_memory()
     return summary.get("eval_loss", summary.get("final_train_loss", float("nan")))
+
+
+def scratch_folder() -> str:
+    """A temporary run folder for a process other than the main one, removed when it exits."""
+    scratch = tempfile.mkdtemp(prefix=f"llmft-rank{os.environ['RANK']}-")
+    atexit.register(shutil.rmtree, scratch, True)
+    return scratch
 
 
 def release_memory() -> None:
@@ -81,10 +93,9 @@ def main() -> None:
         check_writable(sys.argv[1:])
     except LlmftError as exc:
         fail(str(exc), code=1)
-    if int(os.environ.get("RANK", "0")) > 0:  # `accelerate launch`: only the main process writes a run folder
-        scratch = tempfile.mkdtemp(prefix=f"llmft-rank{os.environ['RANK']}-")
-        sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null", "hydra.job_logging.root.level=WARNING"]
-        atexit.register(shutil.rmtree, scratch, True)
+    if int(os.environ.get("RANK", "0")) > 0:  # `accelerate launch`, torchrun: only the main process writes a run folder
+        sys.argv += [f"hydra.run.dir={scratch_folder()}", "hydra.output_subdir=null",
+                     "hydra.job_logging.root.level=WARNING"]
     hydra_main()
     from llmft.sweeps.callback import FAILED_JOBS
 

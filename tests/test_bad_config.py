@@ -12,7 +12,7 @@ CASES = [
     ("model.revison=v1", "model.revison is not a key of model (did you mean model.revision?)"),
     ("model.revision=v1", "write +model.revision=..."),
     ("quantization=nf5", "quantization=nf5 is not an option of the quantization group (did you mean quantization=nf4?). "
-                         "The options are: fp4, int8, nf4, none"),
+                         "The options are: fp4, int8, nf4, nf4-sharded, none"),
     ("lora.r=0", "lora.r=0 is out of range: it must be >= 1"),
     ("data.max_seq_length=-5", "data.max_seq_length=-5 is out of range: it must be >= 16"),
     ("hardware=tpu", "hardware=tpu is not an option of the hardware group"),

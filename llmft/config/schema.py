@@ -5,7 +5,7 @@ into these dataclasses: a misspelt key or a value of the wrong type fails at com
 ``metadata`` of a field carries its allowed range or choices and a short help text; ``llmft.config.validate``
 checks those after composition and names the key in its message.
 
-Groups whose options differ in shape (``model``, ``quantization``, ``data_format``, ``eval``) stay untyped here;
+Groups whose options differ in shape (``model``, ``quantization``, ``data_format``, ``eval``, ``distributed``) stay untyped here;
 their keys are checked against the signature of the ``_target_`` they name.
 """
 
@@ -115,6 +115,7 @@ class TrainConf:
     data: DataConf = field(default_factory=DataConf)
     objective: Any = MISSING
     hardware: HardwareConf = field(default_factory=HardwareConf)
+    distributed: Optional[Any] = None
     trainer: TrainerConf = field(default_factory=TrainerConf)
     eval: Optional[Any] = None
     logger: Optional[Any] = None

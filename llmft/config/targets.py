@@ -32,6 +32,7 @@ LLMFT_TARGETS = frozenset({
     "llmft.evaluation.Perplexity", "llmft.evaluation.PromptAnswers", "llmft.evaluation.ReferenceMetrics",
     "peft.LoraConfig", "transformers.BitsAndBytesConfig",
     "torch.optim.AdamW", "bitsandbytes.optim.PagedAdamW8bit",
+    "accelerate.utils.FullyShardedDataParallelPlugin", "accelerate.utils.DistributedDataParallelKwargs",
 })
 # The launchers, sweepers and samplers of the installed Hydra plugins (every option of hydra/launcher,
 # hydra/sweeper and hydra/sweeper/sampler), and the handlers of Hydra's logging options.

@@ -1,0 +1,174 @@
+"""How several processes share a run: accelerate's plugin objects (``conf/distributed``) and what sharding needs.
+
+``distributed=ddp`` builds accelerate's ``DistributedDataParallelKwargs`` and ``distributed=fsdp`` its
+``FullyShardedDataParallelPlugin`` (FSDP2); ``accelerator_options`` hands either to the ``Accelerator`` the loop
+creates. Under FSDP each process holds a shard of every parameter (a ``DTensor``), so whatever is written whole -
+the adapter, a checkpoint - is gathered first, on every process at once (``full_tensor`` is a collective).
+"""
+
+import contextlib
+import logging
+import os
+from typing import Any, Callable, Dict, Iterator, Optional
+
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, KwargsHandler, gather_object
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from llmft.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def accelerator_options(plugin: Any) -> Dict[str, Any]:
+    """The ``Accelerator`` keyword arguments that carry ``plugin`` (None: none)."""
+    if plugin is None:
+        return {}
+    if isinstance(plugin, FullyShardedDataParallelPlugin):
+        return {"fsdp_plugin": plugin}
+    if isinstance(plugin, KwargsHandler):
+        return {"kwargs_handlers": [plugin]}
+    raise TypeError(f"distributed: {type(plugin).__name__} is neither an FSDP plugin nor accelerate kwargs")
+
+
+def shard_on_cpu(accelerator: Accelerator, plugin: Any) -> None:
+    """Give accelerate's FSDP path the processes it leaves data-parallel: CPU processes over gloo.
+
+    Accelerate keeps FSDP for accelerator devices (its CPU processes are always ``MULTI_CPU``, plain DDP), yet
+    torch's ``fully_shard`` runs on CPU tensors over gloo: this switches such a state to FSDP with ``plugin``, so
+    that ``prepare``, gradient clipping and ``no_sync`` take accelerate's FSDP2 code, as on GPUs. One process has
+    nothing to shard, and says so.
+    """
+    if not isinstance(plugin, FullyShardedDataParallelPlugin):
+        return
+    if accelerator.num_processes == 1:
+        log.info("distributed: FSDP with one process has nothing to shard; training unsharded.")
+        return
+    state = accelerator.state
+    if state.distributed_type == DistributedType.MULTI_CPU:
+        state.distributed_type, state.fsdp_plugin = DistributedType.FSDP, plugin
+        if accelerator.mixed_precision != "no":
+            plugin.set_mixed_precision(accelerator.mixed_precision)
+    log.info("distributed: FSDP%d over %d processes (%s)", plugin.fsdp_version, accelerator.num_processes,
+             accelerator.device.type)
+
+
+@contextlib.contextmanager
+def fsdp_environment() -> Iterator[None]:
+    """Undo the ``ACCELERATE_USE_FSDP`` that an ``Accelerator`` given an FSDP plugin sets for the whole process,
+    so that the next job of a sweep (Hydra runs them in one process) is not sharded unless it asks to be."""
+    before = os.environ.get("ACCELERATE_USE_FSDP")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("ACCELERATE_USE_FSDP", None)
+        else:
+            os.environ["ACCELERATE_USE_FSDP"] = before
+
+
+def is_main_rank() -> bool:
+    """Whether this is the main process of the run (rank 0 of what a launcher or ``llmft.cluster`` set up)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def main_process_goes_first(device: str) -> Callable[[], None]:
+    """With several processes, the others wait here until the main one calls the returned function, and then the
+    other processes of each machine wait for its first one: what these write to the caches (a converted model,
+    tokenized data) is complete when the others read it, whether or not the machines share a file system."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return lambda: None
+    state = PartialState(cpu=device == "cpu")  # the process group; the loop's Accelerator reuses it
+    if state.is_main_process:
+        return lambda: (state.wait_for_everyone(), state.wait_for_everyone())
+    state.wait_for_everyone()
+    if state.is_local_main_process:
+        return state.wait_for_everyone
+    state.wait_for_everyone()
+    return lambda: None
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """A parameter or gradient as one whole CPU tensor; a shard (``DTensor``) is gathered from every process."""
+    if isinstance(tensor, DTensor):
+        tensor = tensor.full_tensor()
+    return tensor.detach().to("cpu").contiguous()
+
+
+def trainable_state(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """The parameters that train (the adapters), by name, whole, as contiguous CPU tensors.
+
+    Under FSDP every process must call this (the shards are gathered); every process gets the whole tensors.
+    """
+    return {name: full_tensor(p) for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model: torch.nn.Module, weights: Dict[str, torch.Tensor]) -> None:
+    """Copy whole tensors (``trainable_state``) into the model's parameters; a shard takes its own part.
+
+    Raises:
+        ValueError: ``weights`` names a parameter the model lacks.
+    """
+    params = dict(model.named_parameters())
+    missing = sorted(set(weights) - set(params))
+    if missing:
+        raise ValueError(f"weights this model lacks: {missing[:3]}")
+    with torch.no_grad():
+        for name, value in weights.items():
+            param = params[name]
+            if isinstance(param, DTensor):
+                value = distribute_tensor(value.to(param.device, param.dtype), param.device_mesh, param.placements)
+            param.copy_(value)
+
+
+def _sharded(model: torch.nn.Module) -> bool:
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def optimizer_state(model: torch.nn.Module, optimizer) -> dict:
+    """The optimizer's state, whole: under FSDP gathered from every process (all call this; the main one gets it)."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
+    if not _sharded(model):
+        return optimizer.state_dict()
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer, state: dict) -> None:
+    """Load what ``optimizer_state`` returned; under FSDP each process keeps its shard of it."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)
+    if not _sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def agreed_signal(accelerator: Accelerator, signum: Optional[int]) -> Optional[int]:
+    """The stopping signal any process received (None: none), so that every process stops after the same step: one
+    that went on alone would wait forever in the next step's collectives."""
+    if accelerator.num_processes == 1:
+        return signum
+    received = accelerator.gather(torch.tensor([signum or 0], device=accelerator.device))
+    return int(received.max()) or None
+
+
+def every_process(accelerator: Accelerator, value: Any) -> Any:
+    """``value`` of this process; with several, the list of every process's, in rank order."""
+    return value if accelerator.num_processes == 1 else gather_object([value])
+
+
+def own_share(accelerator: Accelerator, saved: Any, what: str) -> Any:
+    """This process's entry of what ``every_process`` returned when the checkpoint was written.
+
+    Raises:
+        ConfigError: the checkpoint was written by a different number of processes.
+    """
+    count = len(saved) if isinstance(saved, list) else 1
+    if count != accelerator.num_processes:
+        raise ConfigError(
+            f"this {what} was written by {count} process(es) and this run has {accelerator.num_processes}: each "
+            "process's position in the data and random state belong to its rank, so a run resumes only with the "
+            f"process count it was started with. Launch it again with --num_processes {count} (times the machines).")
+    return saved[accelerator.process_index] if isinstance(saved, list) else saved
