@@ -88,7 +88,8 @@ def test_llmft_plan_prints_every_term_and_the_verdict():
 
 
 def test_llmft_plan_of_a_run_that_does_not_fit_lists_changes_that_do_fit():
-    args = ["model=qwen2.5-0.5b", "hardware=gtx1660-6gb"]  # a 151,936-token vocabulary on a 6 GB card
+    # a 151,936-token vocabulary on a 6 GB card, its loss in chunks as large as a whole batch
+    args = ["model=qwen2.5-0.5b", "hardware=gtx1660-6gb", "objective.chunk_tokens=8192"]
     result = llmft_plan(*args)
     assert result.returncode == 1
     assert "does not fit" in result.stdout and "To fit, any one of:" in result.stdout

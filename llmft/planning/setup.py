@@ -115,7 +115,7 @@ def setup_from_cfg(cfg: DictConfig) -> Setup:
         ConfigError: the model's architecture figures cannot be found offline, or are of an unknown architecture.
     """
     data = {key: _plain(cfg, key) for key in ("paths", "model", "quantization", "lora", "data", "hardware", "trainer",
-                                               "eval")}
+                                               "eval", "objective")}
     hw, lora, model = data["hardware"], data["lora"], data["model"]
     quant, double = quantization_of(data.get("quantization"))
     targets = lora["target_modules"]
