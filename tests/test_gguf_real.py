@@ -9,7 +9,9 @@ from llmft.export import export_run
 from tests.test_export import finished_run
 
 pytestmark = pytest.mark.slow
-SHORT = ["trainer.max_steps=2", "data.max_samples=8", "hardware.micro_batch_size=4", "eval=perplexity"]
+# fp32, as the export's figures were measured (training precision is otherwise this machine's `auto`)
+SHORT = ["trainer.max_steps=2", "data.max_samples=8", "hardware.micro_batch_size=4", "eval=perplexity",
+         "hardware.precision=fp32"]
 
 
 @pytest.fixture(scope="module")

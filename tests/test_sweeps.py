@@ -10,11 +10,11 @@ import pytest
 from llmft.config.resolvers import sample_data
 
 
-def sweep(tmp_path, *overrides, cache_dir):
+def sweep(tmp_path, *overrides, cache_dir, code=0):
     result = subprocess.run([sys.executable, "-m", "llmft.train", "-m", "experiment=smoke", "trainer.max_steps=2",
                              f"paths.cache_dir={cache_dir}", f"hydra.sweep.dir={tmp_path}", *overrides],
                             capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == code, result.stderr[-3000:]
     with (tmp_path / "sweep_summary.csv").open() as f:
         return list(csv.DictReader(f))
 
@@ -39,7 +39,7 @@ def test_one_failing_point_does_not_lose_the_others(tmp_path, cache_dir):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x", "messages": [\n')
     rows = sweep(tmp_path / "sweep", f"data.path={sample_data('kubernetes')},{bad}", "lora.r=4,8",
-                 cache_dir=cache_dir)
+                 cache_dir=cache_dir, code=1)  # the table first, then exit 1: a job failed
     by_status = {}
     for row in rows:
         by_status.setdefault(row["status"], []).append(row)
