@@ -45,4 +45,4 @@ def test_the_smollm2_gguf_passes_its_check_and_answers_as_the_merged_model(smoll
     f32_bytes = 134_515_008 * 4  # SmolLM2-135M's parameters in float32 (tied embeddings stored once)
     assert report["gguf_bytes"] / f32_bytes < (0.3 if qtype == "q8_0" else 0.55)
     meta = (out / "gguf" / "Modelfile").read_text()
-    assert 'PARAMETER stop "<|im_end|>"' in meta and "<|im_start|>{{ .Role }}" in meta
+    assert 'PARAMETER stop "<|im_end|>"' in meta  # a TEMPLATE only where it renders exactly as the chat template

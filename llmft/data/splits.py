@@ -195,8 +195,8 @@ def split_of(file: Path) -> str:
 
 def data_files(folder: Path) -> List[Path]:
     """The data files under ``folder`` (by suffix), sorted; hidden ones, llmft's own reports and the output
-    folders of ``llmft-prepare`` inside it (they hold a ``prepare_report.json``) are left out."""
-    prepared = {p.parent for p in folder.rglob("prepare_report.json")}
+    folders of ``llmft-prepare`` below it (they hold a ``prepare_report.json``) are left out."""
+    prepared = {p.parent for p in folder.rglob("prepare_report.json")} - {folder}  # a prepared folder itself: read
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in SHAPES
                   and p.name not in OUTPUTS and not any(part.startswith(".") for part in p.relative_to(folder).parts)
                   and not prepared.intersection(p.parents))
