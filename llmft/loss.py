@@ -27,6 +27,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
+from torch.distributed.fsdp import FSDPModule
 from torch.utils.checkpoint import checkpoint
 
 from llmft.data.tokenize import IGNORE_INDEX
@@ -154,11 +155,13 @@ def lm_loss_sum(model: torch.nn.Module, batch: Dict[str, torch.Tensor],
         divide the first by the second (or by a window's count) for the mean.
     """
     head, transform, hidden, targets, _ = _labelled_hidden(model, batch, chunk_tokens)
-    if torch.is_grad_enabled() and hidden.requires_grad and not any(p.requires_grad for p in head.parameters()):
+    frozen_head = not any(p.requires_grad for p in head.parameters())
+    if torch.is_grad_enabled() and hidden.requires_grad and frozen_head and not isinstance(model, FSDPModule):
         parts = [_FrozenHeadChunk.apply(hidden[start:start + chunk_tokens], head, transform,
                                         targets[start:start + chunk_tokens])
                  for start in range(0, targets.numel(), chunk_tokens)]
-    else:  # no gradient, or a trained head (LoRA or modules_to_save on lm_head): recompute in the backward pass
+    else:  # no gradient, a trained head (LoRA or modules_to_save on lm_head), or FSDP2 (whose backward crashed the
+        # process with SIGSEGV after _FrozenHeadChunk's in-forward autograd.grad, torch 2.13): recompute in backward
         parts = _chunked(_chunk_loss, head, transform, hidden, targets, chunk_tokens)
     total = functools.reduce(torch.add, parts) if parts else hidden.float().sum() * 0.0  # nothing labelled: a zero
     return total, int(targets.numel())                                                   # that belongs to the graph

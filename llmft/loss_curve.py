@@ -19,13 +19,15 @@ def read_metrics(path: Path) -> List[Dict[str, Any]]:
 def validation_points(rows: List[Dict[str, Any]], summary: Mapping[str, Any]) -> List[tuple]:
     """(step, validation loss): the base model's at step 0, each ``trainer.eval_every`` line, the fine-tuned
     model's at the last step."""
-    points = [(r["step"], r["eval_loss"]) for r in rows
-              if isinstance(r.get("eval_loss"), (int, float)) and math.isfinite(r["eval_loss"])]
+    points = {r["step"]: r["eval_loss"] for r in rows
+              if isinstance(r.get("eval_loss"), (int, float)) and math.isfinite(r["eval_loss"])}
     if summary.get("base_perplexity"):
-        points.append((0, math.log(summary["base_perplexity"])))
+        points[0] = math.log(summary["base_perplexity"])
     if summary.get("eval_loss") is not None and summary.get("train_steps"):
-        points.append((summary["train_steps"], summary["eval_loss"]))
-    return sorted(set(points))
+        # one point a step: at the last step the final evaluation's loss stands for the periodic one, which batches
+        # the same records differently and so differs in the 7th digit
+        points[summary["train_steps"]] = summary["eval_loss"]
+    return sorted(points.items())
 
 
 def draw_loss_curve(run_dir: Path, summary: Mapping[str, Any]) -> Optional[Path]:

@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def launch(processes: int, *overrides: str, cwd, cache_dir, check: bool = True) 
     """``llmft.train`` on ``processes`` CPU processes; one process runs without a launcher."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if processes == 1:
-        command = ["python", "-m", "llmft.train"]
+        command = [sys.executable, "-m", "llmft.train"]
     else:
         accelerate = shutil.which("accelerate") or pytest.skip("accelerate's launcher is not on PATH")
         # --multi_gpu starts one process per --num_processes; without CUDA they train on the CPU over gloo.

@@ -80,7 +80,7 @@ def open_tokenizer(source: str, key: str = "the tokenizer", **kwargs: Any) -> Pr
     except OSError as exc:
         raise ModelLoadError(f"{key}={source}: the tokenizer cannot be loaded: {_first_line(exc)}") from None
     except Exception as exc:  # tokenizers and transformers raise TypeError, ValueError or bare Exception here
-        if not looks_local:
+        if not looks_local or "trust_remote_code" in str(exc):  # the model loader words the remote-code refusal
             raise
         raise ModelLoadError(_local_failure(folder, key, exc)) from None
 
