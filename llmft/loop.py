@@ -274,7 +274,7 @@ class TrainingLoop:
 
         The main process finds and reads it, and hands it to the others: their run folders are scratch ones.
         """
-        found = None
+        found, start = None, time.perf_counter()
         if accelerator.is_main_process and checkpoints is not None:
             path = checkpoints.latest()
             found = (str(path), checkpoints.read(path)) if path is not None else None
@@ -289,8 +289,8 @@ class TrainingLoop:
         restore(saved, path, accelerator.unwrap_model(model), opt, sched)
         self.load_state_dict(saved["state"])
         recorder.restart_metrics(self.state.rows)
-        log.info("Resumed from %s (step %d, epoch %d, micro-batch %d of the epoch)", path, self.state.step,
-                 self.state.epoch, self.state.batch)
+        log.info("Resumed from %s (step %d, epoch %d, micro-batch %d of the epoch; %.2f s)", path, self.state.step,
+                 self.state.epoch, self.state.batch, time.perf_counter() - start)
         return rng
 
     def _save(self, checkpoints: CheckpointStore, accelerator: Accelerator, model, opt, sched) -> None:
