@@ -6,7 +6,8 @@ from typing import Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from llmft.config.precheck import CONFIG_DIR, check_overrides
+from llmft.config.location import CONFIG_DIR
+from llmft.config.precheck import check_overrides
 from llmft.config.targets import check_saved_config
 from llmft.errors import LlmftError
 from llmft.files import MANIFEST, read_json, verify_manifest

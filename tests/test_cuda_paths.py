@@ -11,7 +11,7 @@ from peft import LoraConfig
 
 from llmft import hardware, recording
 from llmft.adapters import apply_lora
-from llmft.config.precheck import CONFIG_DIR
+from llmft.config.location import CONFIG_DIR
 from llmft.data import pad_collate
 from llmft.errors import ConfigError
 from llmft.loop import Hardware, TrainingLoop

@@ -22,7 +22,7 @@ def read_jsonl(path):
 def tiny_run(tmp_path_factory, cache_dir):
     from hydra import compose, initialize_config_dir
 
-    from llmft.config.precheck import CONFIG_DIR
+    from llmft.config.location import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"paths.cache_dir={cache_dir}", *TINY])

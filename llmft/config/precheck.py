@@ -21,13 +21,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from llmft.config import schema  # noqa: F401  (registers train_schema)
+from llmft.config.location import CONFIG_DIR, PACKAGE_DIR
 from llmft.config.secrets import check_secret_overrides
 from llmft.config.targets import check_callables, check_override_callables
 from llmft.config.validate import validate
 from llmft.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
 FLAGS_WITHOUT_RUN = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
                      "--version", "--resolve", "-p", "--package"}
 

@@ -7,7 +7,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from llmft.config.precheck import CONFIG_DIR
+from llmft.config.location import CONFIG_DIR
 from llmft.errors import ConfigError, MemoryBudgetError
 from llmft.planning.fit import Suggestion, suggest
 from llmft.planning.plan import CUDA_CONTEXT_BYTES, MemoryPlan, plan_memory
