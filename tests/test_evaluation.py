@@ -9,7 +9,8 @@ import torch
 from llmft.evaluation import EvalData, Perplexity, build_eval_report, samples_markdown
 from llmft.evaluation.generation import generate
 from llmft.evaluation.scores import corpus_scores, score_pairs
-from llmft.pipeline import build, run
+from llmft.builders import build
+from llmft.pipeline import run
 from tests.conftest import TINY
 
 

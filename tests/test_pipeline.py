@@ -10,7 +10,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from llmft.errors import NonFiniteLossError
-from llmft.pipeline import build, run
+from llmft.builders import build
+from llmft.pipeline import run
 from tests.conftest import TINY, TINY_NO_EVAL
 
 

@@ -92,3 +92,16 @@ def test_imports_form_floors_without_cycles():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
+
+
+def test_the_model_adapter_and_evaluators_are_built_in_one_place():
+    """pipeline, runs (export, chat), reevaluate: one builders module (issue 14), not a sequence each."""
+    builders = PACKAGE / "builders.py"
+    assert all(sign in builders.read_text() for sign in ("build(cfg.model", "PeftModel.from_pretrained(loaded",
+                                                        "apply_lora(loaded", "run_evaluators(evaluators, model"))
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        if path != builders and path.name != "__main__.py":  # python -m llmft.models only fetches weights
+            for sign in ("build(cfg.model", "build(cfg.quantization", "PeftModel.from_pretrained(loaded",
+                         "apply_lora(loaded", "evaluation_precision", "run_evaluators(evaluators, model"):
+                assert sign not in text, f"{path.relative_to(PACKAGE.parent)} builds {sign!r} itself: use llmft.builders"
