@@ -5,6 +5,8 @@ import ast
 from pathlib import Path
 from typing import Dict, List, Set
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "llmft"
 MAX_LINES = 300
 # lazy import cycles left to the data work: each is named here so that a new one fails the test
@@ -105,3 +107,18 @@ def test_the_model_adapter_and_evaluators_are_built_in_one_place():
             for sign in ("build(cfg.model", "build(cfg.quantization", "PeftModel.from_pretrained(loaded",
                          "apply_lora(loaded", "evaluation_precision", "run_evaluators(evaluators, model"):
                 assert sign not in text, f"{path.relative_to(PACKAGE.parent)} builds {sign!r} itself: use llmft.builders"
+
+
+def test_an_evaluator_restores_the_training_mode_it_found():
+    import torch
+
+    from llmft.evaluation.data import evaluating, longest_first
+
+    model = torch.nn.Linear(2, 2)
+    for mode in (True, False):
+        model.train(mode)
+        with pytest.raises(RuntimeError), evaluating(model) as device:
+            assert not model.training and device == torch.device("cpu")
+            raise RuntimeError  # a failing evaluator leaves the mode as it was too
+        assert model.training is mode
+    assert longest_first([3, 9, 1, 9]) == [1, 3, 0, 2]
