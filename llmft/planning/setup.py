@@ -135,8 +135,12 @@ def _plain(cfg: DictConfig, key: str) -> Any:
 
 def _eval_settings(data: Mapping[str, Any]) -> Dict[str, Any]:
     """The perplexity evaluator's batch and key, and whether the loop validates during training."""
+    from hydra.utils import get_class
+
+    from llmft.evaluation import Perplexity
+
     found = [(name, node.get("batch_size", 8)) for name, node in (data.get("eval") or {}).items()
-             if isinstance(node, dict) and str(node.get("_target_", "")).endswith(".Perplexity")]
+             if isinstance(node, dict) and issubclass(get_class(str(node["_target_"])), Perplexity)]
     name, batch = found[0] if found else ("", 0)
     return {"eval_batch_size": int(batch), "eval_batch_key": f"eval.{name}.batch_size" if name else "",
             "eval_during_training": bool((data.get("trainer") or {}).get("eval_every"))}
