@@ -98,8 +98,7 @@ class TrainingLoop:
 
     def __init__(self, learning_rate: float, weight_decay: float, num_epochs: float, max_steps: Optional[int],
                  warmup_ratio: float, lr_scheduler: str, max_grad_norm: Optional[float], log_every: int,
-                 eval_every: Optional[int], save_every: Optional[int] = None, save_each_epoch: bool = False,
-                 keep_checkpoints: int = 2):
+                 eval_every: Optional[int], save_every: Optional[int], save_each_epoch: bool, keep_checkpoints: int):
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.num_epochs = num_epochs
