@@ -16,7 +16,7 @@ from llmft.adapters import apply_lora
 from llmft.config.precheck import check_overrides
 from llmft.data.pairs import pair_collate
 from llmft.objectives.preference import reference_model
-from llmft.pipeline import build, read_splits, tokenize_split
+from llmft.builders import build, read_splits, tokenize_split
 
 
 def main(overrides):

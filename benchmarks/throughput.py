@@ -70,7 +70,7 @@ def workload(data_dir: Path, args) -> Dict[str, int]:
 
     from llmft.config.precheck import check_overrides
     from llmft.models.hub import find_source
-    from llmft.pipeline import read_splits, tokenize_split
+    from llmft.builders import read_splits, tokenize_split
     from llmft.planning.setup import setup_from_cfg
 
     records = json.loads(DATA.read_text(encoding="utf-8"))

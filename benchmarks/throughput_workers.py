@@ -27,7 +27,7 @@ def workload_overrides(data_dir: Path, max_length: int, micro_batch: int) -> Lis
 def load_workload(data_dir: Path, max_length: int, micro_batch: int):
     """The model (loaded as llmft loads it, fp32 on the CPU), its tokenizer and the tokenized training records."""
     from llmft.config.precheck import check_overrides
-    from llmft.pipeline import build, read_splits, tokenize_split
+    from llmft.builders import build, read_splits, tokenize_split
 
     cfg = check_overrides(workload_overrides(data_dir, max_length, micro_batch))
     loaded = build(cfg.model, quantization_config=None, dtype="float32", device="cpu", cache_dir=cfg.paths.cache_dir)

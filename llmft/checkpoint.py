@@ -14,14 +14,18 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from llmft.distributed import load_optimizer_state, load_trainable
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+
+from llmft.distributed import (every_process, load_optimizer_state, load_trainable, optimizer_state, own_share,
+                               trainable_state)
 from llmft.files import explain_write_error, read_json, verify_manifest, write_json, write_manifest
 
 log = logging.getLogger(__name__)
@@ -151,6 +155,39 @@ def restore(saved: dict, path, model, optimizer, scheduler) -> None:
         raise ValueError(f"checkpoint {path} has {exc}") from None
     load_optimizer_state(model, optimizer, saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
+
+
+def load_latest(checkpoints: CheckpointStore, accelerator: Accelerator, model, optimizer,
+                scheduler) -> Optional[Tuple[str, dict, dict]]:
+    """Load the newest valid checkpoint into ``model``/``optimizer``/``scheduler``; returns its path, the loop's
+    state and this process's RNG state, or None when there is none.
+
+    The main process finds and reads it, and hands it to the others: their run folders are scratch ones.
+    """
+    found = None
+    if accelerator.is_main_process:
+        path = checkpoints.latest()
+        found = (str(path), checkpoints.read(path)) if path is not None else None
+    if accelerator.num_processes > 1:
+        found = broadcast_object_list([found])[0]
+    if found is None:
+        return None
+    path, saved = found
+    rng = own_share(accelerator, saved["rng"], f"checkpoint {path}")  # first: refuse another process count
+    restore(saved, path, accelerator.unwrap_model(model), optimizer, scheduler)
+    return path, saved["state"], rng
+
+
+def save_checkpoint(checkpoints: CheckpointStore, accelerator: Accelerator, model, optimizer, scheduler, step: int,
+                    loop_state: dict) -> None:
+    """Write checkpoint ``step`` from every process: FSDP gathers the shards, and each process's random state goes
+    into the one checkpoint, which the main process writes."""
+    model = accelerator.unwrap_model(model)
+    weights, optim = trainable_state(model), optimizer_state(model, optimizer)
+    rng = every_process(accelerator, rng_state())
+    if accelerator.is_main_process:
+        checkpoints.save(step, weights, optim, scheduler.state_dict(), rng, loop_state)
+    accelerator.wait_for_everyone()
 
 
 def _fsync_dir(folder: Path) -> None:

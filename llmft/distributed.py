@@ -9,7 +9,7 @@ the adapter, a checkpoint - is gathered first, on every process at once (``full_
 import contextlib
 import logging
 import os
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 from accelerate import Accelerator, PartialState
@@ -21,6 +21,8 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from llmft.errors import ConfigError
 
 log = logging.getLogger(__name__)
+MIXED_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}  # accelerate's names
+BatchPlan = Callable[[int], List[List[int]]]  # epoch -> the micro-batches (dataset indices) of that epoch
 
 
 def accelerator_options(plugin: Any) -> Dict[str, Any]:
@@ -172,3 +174,40 @@ def own_share(accelerator: Accelerator, saved: Any, what: str) -> Any:
             "process's position in the data and random state belong to its rank, so a run resumes only with the "
             f"process count it was started with. Launch it again with --num_processes {count} (times the machines).")
     return saved[accelerator.process_index] if isinstance(saved, list) else saved
+
+
+def make_accelerator(precision: str, device: str, plugin: Any) -> Accelerator:
+    """accelerate for this run's precision (``bf16``/``fp16``/``fp32``), device and way of spreading the work (fp16
+    on a GPU brings its loss scaler; ``plugin`` the DDP or FSDP plugin, or None)."""
+    return Accelerator(mixed_precision=MIXED_PRECISION[precision], cpu=device == "cpu",
+                       **accelerator_options(plugin))
+
+
+class Sharded:
+    """One process's share of each epoch's micro-batches (every process gets the same number), cached per epoch."""
+
+    def __init__(self, plan: BatchPlan, rank: int, world: int):
+        self.plan, self.rank, self.world = plan, rank, world
+        self._epoch, self._batches = None, []
+
+    def __call__(self, epoch: int) -> Sequence[List[int]]:
+        if epoch != self._epoch:
+            batches = list(self.plan(epoch))
+            batches += batches[: (-len(batches)) % self.world]  # repeat a few so that processes stay in step
+            self._epoch, self._batches = epoch, batches[self.rank:: self.world]
+        return self._batches
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """A batch on ``device``; to a GPU through pinned host memory, so that the copy does not wait on the host."""
+    if device.type != "cuda":
+        return {k: v.to(device) for k, v in batch.items()}
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def clip_gradients(accelerator: Accelerator, params, max_norm: Optional[float]) -> float:
+    """Clip the gradients' norm to ``max_norm`` (None: no clipping); returns the norm before clipping."""
+    if max_norm is not None:
+        return float(full_tensor(accelerator.clip_grad_norm_(params, max_norm)))
+    grads = [p.grad.detach().float() for p in params if p.grad is not None]
+    return float(full_tensor(torch.nn.utils.get_total_norm(grads))) if grads else 0.0

@@ -5,11 +5,13 @@ step was measured 8x slower than fp32 (issue 10), so such CPUs get fp32. On CUDA
 else fp16 (with loss scaling, which accelerate adds for fp16).
 """
 
+import contextlib
 import logging
 import os
 from pathlib import Path
 from typing import FrozenSet, Optional
 
+PRECISION_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # torch's names
 NATIVE_BF16 = {"avx512_bf16", "amx_bf16"}  # the names in /proc/cpuinfo and in torch.cpu.get_capabilities()
 CPUINFO = Path("/proc/cpuinfo")
 log = logging.getLogger(__name__)
@@ -106,9 +108,24 @@ def load_device(device: str) -> str:
 def weights_dtype(precision: str, device: str) -> str:
     """The dtype name of a model's unquantized weights: the run's 16-bit precision on a GPU, fp32 on a CPU (where
     autocast computes in 16 bits and the optimizer keeps fp32 weights)."""
-    if device != "cuda":
-        return "float32"
-    return {"bf16": "bfloat16", "fp16": "float16"}.get(resolve_precision(precision, "cuda"), "float32")
+    return PRECISION_DTYPES[resolve_precision(precision, "cuda")] if device == "cuda" else "float32"
+
+
+def autocast(precision: str, device: str, now_on: Optional[str] = None):
+    """The autocast that a profile's precision gives on ``device`` (none for fp32), so that evaluation computes as
+    training did.
+
+    Args:
+        precision: the profile's ``auto``, ``bf16``, ``fp16`` or ``fp32``.
+        device: where the run trained (``cpu`` or ``cuda``): ``auto`` is resolved for it.
+        now_on: where the model is now, when not there (a GPU run re-evaluated on a CPU).
+    """
+    resolved = resolve_precision(precision, device)
+    if resolved == "fp32":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast(device_type=now_on or device, dtype=getattr(torch, PRECISION_DTYPES[resolved]))
 
 
 def check_attention(attn_implementation: str, device: str) -> None:

@@ -18,27 +18,24 @@ import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_scheduler
 
-from llmft.checkpoint import CheckpointStore, restore, rng_state, set_rng_state
-from llmft.distributed import (accelerator_options, agreed_signal, every_process, fsdp_environment, full_tensor,
-                               optimizer_state, own_share, shard_on_cpu, trainable_state)
+from llmft.checkpoint import CheckpointStore, load_latest, save_checkpoint, set_rng_state
+from llmft.distributed import (BatchPlan, Sharded, agreed_signal, clip_gradients, fsdp_environment, make_accelerator,
+                               shard_on_cpu, to_device)
 from llmft.errors import NonFiniteLossError
 from llmft.interrupt import Interrupted, StopFlag
 from llmft.objectives import SFT
 from llmft.recording import RunRecorder, peak_memory_mb
 
 log = logging.getLogger(__name__)
-MIXED_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
-BatchPlan = Callable[[int], List[List[int]]]  # epoch -> the micro-batches (dataset indices) of that epoch
 
 
 @dataclass
@@ -101,8 +98,7 @@ class TrainingLoop:
 
     def __init__(self, learning_rate: float, weight_decay: float, num_epochs: float, max_steps: Optional[int],
                  warmup_ratio: float, lr_scheduler: str, max_grad_norm: Optional[float], log_every: int,
-                 eval_every: Optional[int], save_every: Optional[int] = None, save_each_epoch: bool = False,
-                 keep_checkpoints: int = 2):
+                 eval_every: Optional[int], save_every: Optional[int], save_each_epoch: bool, keep_checkpoints: int):
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.num_epochs = num_epochs
@@ -159,13 +155,13 @@ class TrainingLoop:
         GradientState._reset_state()
         self.device = hardware.device
         with fsdp_environment():
-            accelerator = _accelerator(hardware)
+            accelerator = make_accelerator(hardware.precision, hardware.device, hardware.distributed)
         shard_on_cpu(accelerator, hardware.distributed)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = optimizer(params, lr=self.learning_rate, weight_decay=self.weight_decay)
         model, opt = accelerator.prepare(model, opt)
         params = [p for p in model.parameters() if p.requires_grad]  # FSDP has replaced them by their shards
-        epoch_batches = _Sharded(batch_plan, accelerator.process_index, accelerator.num_processes)
+        epoch_batches = Sharded(batch_plan, accelerator.process_index, accelerator.num_processes)
         accum = hardware.gradient_accumulation_steps
         steps_per_epoch = math.ceil(len(epoch_batches(0)) / accum)
         total = self.max_steps or max(1, math.ceil(self.num_epochs * steps_per_epoch))
@@ -210,7 +206,7 @@ class TrainingLoop:
                 if checkpoints is not None and step < total and (
                         signum is not None or (self.save_every and step % self.save_every == 0)
                         or (self.save_each_epoch and epoch_ended)):
-                    self._save(checkpoints, accelerator, model, opt, sched)
+                    save_checkpoint(checkpoints, accelerator, model, opt, sched, step, self.state_dict())
                 if signum is not None and step < total:
                     log.warning("%s received: stopped after optimizer step %d%s.", signal.Signals(signum).name,
                                 step, ", checkpoint written" if checkpoints is not None else "")
@@ -224,7 +220,7 @@ class TrainingLoop:
                            tokens_per_s=self.state.tokens / max(duration, 1e-9), duration_s=duration,
                            resumed_from_step=first, skipped_steps=self.state.skipped)
 
-    def _next_window(self, epoch_batches: "_Sharded", accum: int, dataset, collate) -> List[dict]:
+    def _next_window(self, epoch_batches: "Sharded", accum: int, dataset, collate) -> List[dict]:
         """The next ``accum`` micro-batches of the current epoch (fewer at its end); advances the position."""
         batches = epoch_batches(self.state.epoch)
         chosen = batches[self.state.batch: self.state.batch + accum]
@@ -240,7 +236,7 @@ class TrainingLoop:
         units = sum(objective.units(b) for b in window)  # the loss is a mean over all processes' units
         tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
                      for b in window)
-        window = [_to_device(batch, accelerator.device) for batch in window]
+        window = [to_device(batch, accelerator.device) for batch in window]
         units = int(accelerator.gather(torch.tensor([units], device=accelerator.device)).sum())
         loss_sum, sums = torch.zeros((), device=accelerator.device), {}
         for i, batch in enumerate(window):
@@ -259,7 +255,7 @@ class TrainingLoop:
                                *(torch.as_tensor(sums[k], dtype=torch.float32, device=accelerator.device).reshape(())
                                  for k in keys)])
         loss_sum, tokens, *summed = accelerator.reduce(figures, reduction="sum").tolist()
-        grad_norm = _clip(accelerator, params, self.max_grad_norm)
+        grad_norm = clip_gradients(accelerator, params, self.max_grad_norm)
         opt.step()
         if accelerator.optimizer_step_was_skipped:  # fp16: the scaler found inf/NaN gradients and lowered its scale
             self.state.skipped += 1
@@ -270,37 +266,19 @@ class TrainingLoop:
 
     def _resume(self, checkpoints: Optional[CheckpointStore], accelerator: Accelerator, opt, sched,
                 recorder: RunRecorder, model):
-        """Load the newest valid checkpoint (if any) and rewind ``metrics.jsonl`` to it; returns its RNG state.
-
-        The main process finds and reads it, and hands it to the others: their run folders are scratch ones.
-        """
-        found, start = None, time.perf_counter()
-        if accelerator.is_main_process and checkpoints is not None:
-            path = checkpoints.latest()
-            found = (str(path), checkpoints.read(path)) if path is not None else None
-        if accelerator.num_processes > 1:
-            found = broadcast_object_list([found])[0]
-        if found is None:
+        """Load the newest valid checkpoint (if any) and rewind ``metrics.jsonl`` to it; returns its RNG state."""
+        start = time.perf_counter()
+        loaded = load_latest(checkpoints, accelerator, model, opt, sched) if checkpoints is not None else None
+        if loaded is None:
             log.info("No checkpoint to resume from: training from the start.")
             recorder.restart_metrics([])
             return None
-        path, saved = found
-        rng = own_share(accelerator, saved["rng"], f"checkpoint {path}")  # first: refuse another process count
-        restore(saved, path, accelerator.unwrap_model(model), opt, sched)
-        self.load_state_dict(saved["state"])
+        path, state, rng = loaded
+        self.load_state_dict(state)
         recorder.restart_metrics(self.state.rows)
         log.info("Resumed from %s (step %d, epoch %d, micro-batch %d of the epoch; %.2f s)", path, self.state.step,
                  self.state.epoch, self.state.batch, time.perf_counter() - start)
         return rng
-
-    def _save(self, checkpoints: CheckpointStore, accelerator: Accelerator, model, opt, sched) -> None:
-        model = accelerator.unwrap_model(model)
-        # every process: FSDP gathers the shards, and each process's random state goes into the one checkpoint
-        weights, optim = trainable_state(model), optimizer_state(model, opt)
-        rng = every_process(accelerator, rng_state())
-        if accelerator.is_main_process:
-            checkpoints.save(self.state.step, weights, optim, sched.state_dict(), rng, self.state_dict())
-        accelerator.wait_for_everyone()
 
     def _log(self, recorder, step, epoch, loss, lr, grad_norm, total, figures) -> None:
         tokens_per_s = self.state.tokens / max(self.state.elapsed_s, 1e-9)
@@ -320,39 +298,3 @@ class TrainingLoop:
         recorder.log_step(row)
         log.info("step %d  validation loss %.4f  perplexity %.2f", step, figures["eval_loss"], figures["perplexity"])
         model.train()
-
-
-class _Sharded:
-    """One process's share of each epoch's micro-batches (every process gets the same number), cached per epoch."""
-
-    def __init__(self, plan: BatchPlan, rank: int, world: int):
-        self.plan, self.rank, self.world = plan, rank, world
-        self._epoch, self._batches = None, []
-
-    def __call__(self, epoch: int) -> Sequence[List[int]]:
-        if epoch != self._epoch:
-            batches = list(self.plan(epoch))
-            batches += batches[: (-len(batches)) % self.world]  # repeat a few so that processes stay in step
-            self._epoch, self._batches = epoch, batches[self.rank:: self.world]
-        return self._batches
-
-
-def _accelerator(hardware: Hardware) -> Accelerator:
-    """accelerate for this run's precision, device and way of spreading the work (fp16 on a GPU brings its loss
-    scaler; ``hardware.distributed`` the DDP or FSDP plugin)."""
-    return Accelerator(mixed_precision=MIXED_PRECISION[hardware.precision], cpu=hardware.device == "cpu",
-                       **accelerator_options(hardware.distributed))
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    """A batch on ``device``; to a GPU through pinned host memory, so that the copy does not wait on the host."""
-    if device.type != "cuda":
-        return {k: v.to(device) for k, v in batch.items()}
-    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def _clip(accelerator: Accelerator, params, max_norm: Optional[float]) -> float:
-    if max_norm is not None:
-        return float(full_tensor(accelerator.clip_grad_norm_(params, max_norm)))
-    grads = [p.grad.detach().float() for p in params if p.grad is not None]
-    return float(full_tensor(torch.nn.utils.get_total_norm(grads))) if grads else 0.0

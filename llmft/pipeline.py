@@ -1,6 +1,5 @@
 """``run(cfg, output_dir)``: build everything in a fixed order, evaluate the base, train, evaluate, save."""
 
-import contextlib
 import functools
 import logging
 import shutil
@@ -10,30 +9,26 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 from accelerate.utils import set_seed
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from safetensors import SafetensorError
 
-from llmft.adapters import apply_lora
-from llmft.config.validate import validate
-from llmft.data import Splits, load_splits
-from llmft.data.pairs import tokenize_pairs
-from llmft.data.templates import use_chat_template
+from llmft.builders import (build, build_evaluators, build_model, evaluate, evaluation_data, read_splits,
+                            tokenize_split, with_new_adapter)
 from llmft.checkpoint import CheckpointStore
+from llmft.config.validate import validate
 from llmft.data.batching import epoch_batches
 from llmft.distributed import is_main_rank, main_process_goes_first, trainable_state
 from llmft.environment import describe_environment
 from llmft.errors import DeviceUnavailableError
-from llmft.evaluation import EvalData, Perplexity, build_eval_report, run_evaluators, samples_markdown
+from llmft.evaluation import Perplexity, build_eval_report, samples_markdown
 from llmft.files import WriteError, atomic_write, read_json, write_json, write_manifest
-from llmft.hardware import resolve_precision, use_device, weights_dtype
+from llmft.hardware import autocast, resolve_precision, use_device
 from llmft.interrupt import Interrupted
 from llmft.loop import Hardware
 from llmft.loss_curve import draw_loss_curve
 from llmft.outcome import log_answers, log_outcome
 from llmft.planning.preflight import (emulate_budget, fit_budget, longest_sequence, memory_summary, plan_run,
                                       records_cut)
-from llmft.objectives import SFT
 from llmft.recording import RunRecorder, peak_memory_mb, peak_reserved_mb, reset_peak_memory
 from llmft.run_folder import RunFolder, check_resumable
 
@@ -128,25 +123,20 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
     set_seed(cfg.seed)
     cached = main_process_goes_first(hardware.device)  # the others then read the model and data it cached
     splits = read_splits(cfg, recorder.output_dir)
-    quantization = build(cfg.quantization)
-    device = use_device(hardware.device)  # this rank's GPU, current before any weight loads
-    loaded = build(cfg.model, quantization_config=quantization,
-                   dtype=weights_dtype(hardware.precision, hardware.device), device=hardware.device,
-                   cache_dir=cfg.paths.cache_dir)
+    use_device(hardware.device)  # this rank's GPU, current before any weight loads
+    loaded = build_model(cfg, hardware.device)
     tokenizer = loaded.tokenizer
     train_set, train_dropped = tokenize_split(cfg, tokenizer, splits.train, "train", objective)
     eval_data = evaluation_data(cfg, tokenizer, splits.val)
     cached()
     set_seed(cfg.seed)  # the adapters' initial weights do not depend on what loading did (a first-run conversion)
-    model = apply_lora(loaded.model, build(cfg.lora), hardware.gradient_checkpointing)
-    if quantization is None:
-        model.to(device)
-    evaluators = {name: build(node) for name, node in (cfg.eval or {}).items()}
-    precision = functools.partial(evaluation_precision, hardware)
-    base = _base_results(recorder.output_dir / "base_eval.json", resume, evaluators, model, tokenizer, eval_data,
-                         precision)
+    model = with_new_adapter(cfg, loaded, hardware.device)
+    evaluators = build_evaluators(cfg)
+    base = _base_results(cfg, recorder.output_dir / "base_eval.json", resume, evaluators, model, tokenizer,
+                         eval_data)
     loop, lengths = build(cfg.trainer), objective.lengths(train_set)
-    validate_fn = lambda m: _under(precision, Perplexity(hardware.micro_batch_size), m, tokenizer, eval_data)  # noqa
+    validate_fn = functools.partial(_validation, cfg, Perplexity(hardware.micro_batch_size), tokenizer=tokenizer,
+                                    data=eval_data)
     result = loop.fit(model, train_set, objective.collate(tokenizer.pad_token_id, cfg.data.packing),
                       batch_plan=functools.partial(
                           epoch_batches, lengths, hardware.micro_batch_size,
@@ -159,8 +149,7 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
                       validate=validate_fn if len(eval_data.tokenized) else None,
                       checkpoints=CheckpointStore(recorder.output_dir / "checkpoints", cfg.trainer.keep_checkpoints),
                       resume=resume, resume_command=resume_command)
-    with precision():
-        tuned = run_evaluators(evaluators, model, tokenizer, eval_data, "fine-tuned")
+    tuned = evaluate(cfg, evaluators, model, tokenizer, eval_data, base=False)
     report = build_eval_report(base, tuned)
     recorder.write_json("eval_report.json", report)
     _save_outputs(recorder.output_dir, model, tokenizer, samples_markdown(report, f"{loaded.name}: base vs fine-tuned"))
@@ -179,13 +168,13 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
             "longest_sequence": max(max(lengths), longest_sequence(eval_data.tokenized))}
 
 
-def _base_results(path: Path, resume: bool, evaluators, model, tokenizer, eval_data, precision) -> Dict[str, dict]:
+def _base_results(cfg: DictConfig, path: Path, resume: bool, evaluators, model, tokenizer,
+                  eval_data) -> Dict[str, dict]:
     """The base model's evaluation: computed once (adapter disabled) and kept, so a resumed run reuses it."""
     if resume and path.is_file():
         log.info("Base model figures from %s (computed before the interruption)", path)
         return read_json(path, "base evaluation")
-    with model.disable_adapter(), precision():
-        base = run_evaluators(evaluators, model, tokenizer, eval_data, "base")
+    base = evaluate(cfg, evaluators, model, tokenizer, eval_data, base=True)
     write_json(path, base)
     return base
 
@@ -212,67 +201,10 @@ def _save_outputs(folder: Path, model, tokenizer, samples: str) -> None:
     staging.rename(folder / "adapter")
 
 
-def evaluation_precision(hardware: DictConfig, device: Optional[str] = None):
-    """The autocast that training used, so that base and fine-tuned figures are computed at the same precision.
-
-    ``device`` (``cpu``/``cuda``) is where the model is now, when not the run's own (a GPU run re-evaluated on a CPU).
-    """
-    precision = resolve_precision(hardware.precision, hardware.device)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device or hardware.device, dtype=dtype)
-
-
-def _under(precision, evaluator, model, tokenizer, data):
-    with precision():
-        return evaluator(model, tokenizer, data)
-
-
-def read_splits(cfg: DictConfig, report_dir=None) -> Splits:
-    """The training and validation records that ``cfg.data`` and ``cfg.data_format`` describe.
-
-    With ``report_dir`` (the run folder), rejected records go to its ``rejects.jsonl`` and the counts to its
-    ``data_report.json``.
-    """
-    return load_splits(build(cfg.data_format), cfg.data.path, cfg.data.val_path, cfg.data.val_ratio, cfg.seed,
-                       cfg.data.max_samples, strict=cfg.data.strict, report_dir=report_dir,
-                       system_into_user=cfg.data.system_into_user, sources=cfg.data.sources,
-                       pairs=build(cfg.objective).pairs)
-
-
-def tokenize_split(cfg: DictConfig, tokenizer, records, split: str, objective=None):
-    """Tokenize one split as ``objective`` trains on it (default: as conversations, SFT), cached under
-    ``paths.cache_dir``; returns the dataset and the number of records dropped. A tokenizer without a chat template
-    gets ``data.fallback_template``."""
-    use_chat_template(tokenizer, cfg.data.fallback_template, cfg.data.chat_template)
-    return (objective or SFT()).tokenize(records, tokenizer, max_seq_length=cfg.data.max_seq_length,
-                                         train_on_prompt=cfg.data.train_on_prompt, split=split,
-                                         cache_dir=cfg.paths.cache_dir)
-
-
-def evaluation_data(cfg: DictConfig, tokenizer, records) -> EvalData:
-    """The validation split for the evaluators: its conversations tokenized (for pairs: prompt and chosen reply,
-    for perplexity), and, when its records are preference pairs, both sides of each pair."""
-    tokenized, _ = tokenize_split(cfg, tokenizer, records, "val")
-    pairs = None
-    if records and "rejected" in records[0]:
-        pairs, _ = tokenize_pairs(records, tokenizer, cfg.data.max_seq_length, "val", cfg.paths.cache_dir)
-    return EvalData(records=records, tokenized=tokenized, pairs=pairs)
-
-
-def build(node: Any, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` that logs what it builds; None stays None (e.g. ``quantization=none``).
-
-    ``kwargs`` are objects built earlier (a quantization config, a cache folder); they are passed to the target
-    directly, not through Hydra, which would turn them into configs.
-    """
-    if node is None:
-        return None
-    log.info("Building %s", node._target_)
-    if not kwargs:
-        return instantiate(node, _convert_="all")
-    return instantiate(node, _partial_=True, _convert_="all")(**kwargs)
+def _validation(cfg: DictConfig, perplexity: Perplexity, model, tokenizer, data) -> dict:
+    """The validation loss during training, at the precision evaluation uses."""
+    with autocast(cfg.hardware.precision, cfg.hardware.device):
+        return perplexity(model, tokenizer, data)
 
 
 def _check_device(hardware: DictConfig) -> None:

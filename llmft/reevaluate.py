@@ -25,9 +25,9 @@ def reevaluate(folder: str, overrides: Sequence[str] = ()) -> Path:
     Raises:
         LlmftError: not a completed run, a bad override, or ``eval=none``.
     """
-    from llmft.evaluation import build_eval_report, run_evaluators, samples_markdown
+    from llmft.builders import build_evaluators, evaluate, evaluation_data, read_splits
+    from llmft.evaluation import build_eval_report, samples_markdown
     from llmft.hardware import load_device
-    from llmft.pipeline import build, evaluation_data, evaluation_precision, read_splits
     from llmft.recording import RunRecorder
 
     run = open_run(folder, overrides)
@@ -38,11 +38,9 @@ def reevaluate(folder: str, overrides: Sequence[str] = ()) -> Path:
     model, loaded = load_with_adapter(run, device=device)
     splits = read_splits(cfg)
     data = evaluation_data(cfg, loaded.tokenizer, splits.val)
-    evaluators = {name: build(node) for name, node in cfg.eval.items()}
-    with model.disable_adapter(), evaluation_precision(cfg.hardware, device):  # as training evaluated: same autocast
-        base = run_evaluators(evaluators, model, loaded.tokenizer, data, "base")
-    with evaluation_precision(cfg.hardware, device):
-        tuned = run_evaluators(evaluators, model, loaded.tokenizer, data, "fine-tuned")
+    evaluators = build_evaluators(cfg)
+    base = evaluate(cfg, evaluators, model, loaded.tokenizer, data, base=True, device=device)
+    tuned = evaluate(cfg, evaluators, model, loaded.tokenizer, data, base=False, device=device)
     report = {**build_eval_report(base, tuned), "overrides": list(overrides)}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = _unused(run.folder / f"eval_report-{stamp}.json")

@@ -6,7 +6,8 @@ from typing import Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from llmft.config.precheck import CONFIG_DIR, check_overrides
+from llmft.config.location import CONFIG_DIR
+from llmft.config.precheck import check_overrides
 from llmft.config.targets import check_saved_config
 from llmft.errors import LlmftError
 from llmft.files import MANIFEST, read_json, verify_manifest
@@ -90,18 +91,9 @@ def load_with_adapter(run: FinishedRun, quantized: bool = True, dtype: Optional[
     Returns:
         ``(peft_model, loaded)``: the ``PeftModel`` and the ``LoadedModel`` of the base (name, tokenizer, source).
     """
-    from peft import PeftModel
+    from llmft.builders import build_model, with_saved_adapter
+    from llmft.hardware import load_device
 
-    from llmft.hardware import load_device, run_device, weights_dtype
-    from llmft.pipeline import build
-
-    cfg = run.cfg
-    device = device or load_device(cfg.hardware.device)
-    quantization = build(cfg.quantization) if quantized else None
-    loaded = build(cfg.model, quantization_config=quantization,
-                   dtype=dtype or weights_dtype(cfg.hardware.precision, device), device=device,
-                   cache_dir=cfg.paths.cache_dir)
-    model = PeftModel.from_pretrained(loaded.model, adapter or run.adapter)
-    if quantization is None:
-        model.to(run_device(device))
-    return model.eval(), loaded
+    device = device or load_device(run.cfg.hardware.device)
+    loaded = build_model(run.cfg, device, quantized=quantized, dtype=dtype)
+    return with_saved_adapter(loaded, adapter or run.adapter, device), loaded

@@ -14,7 +14,8 @@ from omegaconf import DictConfig
 
 from llmft.cluster import rendezvous_from_job
 from llmft.config import schema  # noqa: F401  (registers train_schema)
-from llmft.config.precheck import CONFIG_DIR, fail, precheck
+from llmft.config.location import CONFIG_DIR
+from llmft.config.precheck import fail, precheck
 from llmft.errors import ConfigError, DeviceUnavailableError, LlmftError
 from llmft.quiet import quiet_libraries
 from llmft.run_folder import check_writable, resume_argv

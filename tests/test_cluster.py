@@ -12,7 +12,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
 
 from llmft.cluster import rendezvous_from_job
-from llmft.config.precheck import CONFIG_DIR
+from llmft.config.location import CONFIG_DIR
 
 
 def test_no_rendezvous_outside_a_job_or_under_a_launcher(monkeypatch):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from llmft.config.precheck import CONFIG_DIR
+from llmft.config.location import CONFIG_DIR
 from llmft.config.validate import validate
 from llmft.errors import ConfigError
 

@@ -11,7 +11,7 @@ from peft import LoraConfig
 
 from llmft import hardware, recording
 from llmft.adapters import apply_lora
-from llmft.config.precheck import CONFIG_DIR
+from llmft.config.location import CONFIG_DIR
 from llmft.data import pad_collate
 from llmft.errors import ConfigError
 from llmft.loop import Hardware, TrainingLoop
@@ -187,7 +187,8 @@ def test_skipped_scaler_steps_are_counted_and_do_not_advance_the_schedule(tmp_pa
     model, tok = _tiny_lora(tmp_path)
     data = [{"input_ids": list(range(5 + i, 40 + i))} for i in range(8)]
     trainer = TrainingLoop(learning_rate=1e-3, weight_decay=0.0, num_epochs=1, max_steps=6, warmup_ratio=0.0,
-                           lr_scheduler="linear", max_grad_norm=1.0, log_every=1, eval_every=None)
+                           lr_scheduler="linear", max_grad_norm=1.0, log_every=1, eval_every=None,
+                           save_every=None, save_each_epoch=False, keep_checkpoints=2)
     result = trainer.fit(model, data, lambda f: pad_collate(f, pad_token_id=tok.pad_token_id),
                          batch_plan=lambda epoch: [[0, 1], [2, 3], [4, 5], [6, 7]], hardware=Hardware(),
                          optimizer=torch.optim.AdamW, recorder=RunRecorder(tmp_path / "run"))

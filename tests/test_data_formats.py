@@ -6,7 +6,7 @@ import re
 import pytest
 from hydra.utils import instantiate
 
-from llmft.config.precheck import CONFIG_DIR
+from llmft.config.location import CONFIG_DIR
 from llmft.data.formats import Reject, alpaca, auto, csv, detect, format_name, messages, required_keys, sharegpt, text
 from llmft.data.records import validate_record
 from llmft.data.synth import examples, render

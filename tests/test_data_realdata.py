@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from transformers import AutoTokenizer
 
-from llmft.config.precheck import CONFIG_DIR
+from llmft.config.location import CONFIG_DIR
 from llmft.data.prepare import prepare
 from llmft.data.tokenize import tokenize_conversation
 from llmft.pipeline import run

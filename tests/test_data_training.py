@@ -7,7 +7,7 @@ import os
 import pytest
 from hydra import compose, initialize_config_dir
 
-from llmft.config.precheck import CONFIG_DIR
+from llmft.config.location import CONFIG_DIR
 from llmft.data.synth import write
 from llmft.errors import DataError
 from llmft.models.tiny import byte_level_tokenizer

@@ -9,7 +9,8 @@ import torch
 from llmft.evaluation import EvalData, Perplexity, build_eval_report, samples_markdown
 from llmft.evaluation.generation import generate
 from llmft.evaluation.scores import corpus_scores, score_pairs
-from llmft.pipeline import build, run
+from llmft.builders import build
+from llmft.pipeline import run
 from tests.conftest import TINY
 
 
@@ -17,7 +18,7 @@ from tests.conftest import TINY
 def tiny(cache_dir):
     from hydra import compose, initialize_config_dir
 
-    from llmft.config.precheck import CONFIG_DIR
+    from llmft.config.location import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"paths.cache_dir={cache_dir}", "model=tiny"])

@@ -34,7 +34,7 @@ def finished_run(make_cfg, folder, overrides=TINY):
 def tiny_run(tmp_path_factory, cache_dir):
     from hydra import compose, initialize_config_dir
 
-    from llmft.config.precheck import CONFIG_DIR
+    from llmft.config.location import CONFIG_DIR
 
     def make_cfg(overrides):
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

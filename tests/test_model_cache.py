@@ -5,7 +5,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from llmft.config.precheck import CONFIG_DIR
+from llmft.config.location import CONFIG_DIR
 from llmft.errors import ModelLoadError
 from llmft.model_cache import conversion_of, converted_folder, fallback_for, record_conversion
 from llmft.models.hub import find_source, resolve_source

@@ -10,7 +10,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from llmft.errors import NonFiniteLossError
-from llmft.pipeline import build, run
+from llmft.builders import build
+from llmft.pipeline import run
 from tests.conftest import TINY, TINY_NO_EVAL
 
 
@@ -22,7 +23,7 @@ def read_jsonl(path):
 def tiny_run(tmp_path_factory, cache_dir):
     from hydra import compose, initialize_config_dir
 
-    from llmft.config.precheck import CONFIG_DIR
+    from llmft.config.location import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"paths.cache_dir={cache_dir}", *TINY])

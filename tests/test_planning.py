@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from llmft.config.precheck import CONFIG_DIR
+from llmft.config.location import CONFIG_DIR
 from llmft.errors import ConfigError, ModelLoadError
 from llmft.models.loading import check_arch
 from llmft.models.tiny import byte_level_tokenizer

@@ -18,7 +18,8 @@ from llmft.errors import ConfigError, DataError
 from llmft.evaluation import EvalData, PreferenceAccuracy
 from llmft.objectives import DPO, ORPO
 from llmft.objectives.preference import orpo_losses, reference_model
-from llmft.pipeline import build, read_splits, run, tokenize_split
+from llmft.builders import build, read_splits, tokenize_split
+from llmft.pipeline import run
 from tests.conftest import TINY, TINY_NO_EVAL, realdata
 
 DEMO = ["data.path=../shared/realdata/preference/dpo_en_demo.json"]

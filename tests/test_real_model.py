@@ -20,7 +20,7 @@ def needs_the_offline_weights():
 def test_default_model_trains_and_evaluates_for_a_few_steps(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from llmft.config.precheck import CONFIG_DIR
+    from llmft.config.location import CONFIG_DIR
 
     overrides = ["trainer.max_steps=2", "data.max_samples=8", "hardware.micro_batch_size=4",
                  "eval.prompts.max_new_tokens=12"]

@@ -17,7 +17,7 @@ from tests.conftest import TINY
 def tiny_run(tmp_path_factory, cache_dir):
     from hydra import compose, initialize_config_dir
 
-    from llmft.config.precheck import CONFIG_DIR
+    from llmft.config.location import CONFIG_DIR
 
     overrides = [o for o in TINY if not o.startswith("trainer.max_steps")] + ["trainer.max_steps=4",
                                                                               "trainer.eval_every=2"]

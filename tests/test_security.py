@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from llmft.config.precheck import CONFIG_DIR
+from llmft.config.location import CONFIG_DIR
 from llmft.config.secrets import is_secret_key
 from llmft.config.targets import ALLOWED_TARGETS, LOGGING_CALLABLES, ENV_ALLOW, named_callables
 from llmft.runs import open_run

@@ -93,7 +93,7 @@ def test_the_optuna_experiment_minimises_the_validation_loss_each_job_returns(tm
 def test_launcher_configs_compose(launcher, target):
     from hydra import compose, initialize_config_dir
 
-    from llmft.config.precheck import CONFIG_DIR
+    from llmft.config.location import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)

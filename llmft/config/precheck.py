@@ -21,13 +21,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from llmft.config import schema  # noqa: F401  (registers train_schema)
+from llmft.config.location import CONFIG_DIR, PACKAGE_DIR
 from llmft.config.secrets import check_secret_overrides
 from llmft.config.targets import check_callables, check_override_callables
 from llmft.config.validate import validate
 from llmft.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
 FLAGS_WITHOUT_RUN = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
                      "--version", "--resolve", "-p", "--package"}
 
@@ -79,41 +78,10 @@ def check_overrides(overrides: List[str], config_dir: Path = CONFIG_DIR, config_
         raise ConfigError(f"cannot parse an override: {exc}") from None
     OmegaConf.resolve(cfg)
     validate(cfg, bind_targets=False)
+    from llmft.data.precheck import check_data_paths  # reads the data module only for a config that composed
+
     check_data_paths(cfg)
     return cfg
-
-
-def check_data_paths(cfg: DictConfig) -> None:
-    """Raise ``ConfigError`` if ``data.path`` (or ``data.val_path``) is missing, an empty file, or a folder without
-    data files, before a run folder exists: the files training would read, chosen as training chooses them.
-
-    A sweep's every value is checked this way; what is inside the files is checked when they are read.
-    """
-    from llmft.data.splits import locate  # the selection rule itself (a fast import: no torch, no datasets)
-    from llmft.errors import DataError
-
-    data = cfg.get("data")
-    if data is None or data.get("path") is None:
-        return
-    try:
-        train, val, _ = locate(str(data.path), data.get("val_path"))
-    except DataError as exc:
-        raise ConfigError(str(exc)) from None
-    empty = [str(f) for f in train + val if f.is_file() and _blank(f)]
-    if empty:
-        key = "data.val_path" if data.get("val_path") and str(Path(data.val_path).expanduser()) in empty \
-            else "data.path"
-        raise ConfigError(f"{key}: {', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty (no records). "
-                          "Point it at a file with records, or fill the file.")
-
-
-def _blank(path: Path) -> bool:
-    """True if ``path`` holds nothing but whitespace (read until the first other byte)."""
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 16):
-            if chunk.strip():
-                return False
-    return True
 
 
 def _compose(overrides: List[str], config_dir: Path, config_name: str, with_hydra: bool = False):

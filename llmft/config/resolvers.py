@@ -12,9 +12,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from llmft.hardware import resolve_precision
+from llmft.hardware import PRECISION_DTYPES, resolve_precision
 
-PRECISION_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 SAMPLE_DATA = Path(__file__).resolve().parent.parent / "sample_data"
 
 

@@ -98,7 +98,7 @@ class TrainerConf:
     log_every: int = rule(1, "optimizer steps between lines of metrics.jsonl", ge=1)
     eval_every: Optional[int] = rule(None, "optimizer steps between validation losses in metrics.jsonl (null: none)",
                                      ge=1)
-    save_every: Optional[int] = rule(None, "optimizer steps between checkpoints (null: only when a signal stops the "
+    save_every: Optional[int] = rule(MISSING, "optimizer steps between checkpoints (null: only when a signal stops the "
                                      "run)", ge=1)
     save_each_epoch: bool = rule(False, "also write a checkpoint at the end of each epoch")
     keep_checkpoints: int = rule(2, "how many checkpoints to keep (the oldest go first)", ge=1)

@@ -76,7 +76,7 @@ def converter(source: Mapping[str, Any]):
     ``format_args``."""
     from hydra.utils import instantiate
 
-    from llmft.config.precheck import CONFIG_DIR
+    from llmft.config.location import CONFIG_DIR
     from llmft.config.validate import check_target
 
     name = source.get("data_format") or "auto"

@@ -24,117 +24,13 @@ from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from llmft.data.cache import seal_cache, usable_cache
+from llmft.data.rendering import RenderError, render_spans, template_refusal
 from llmft.errors import DataError
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
-CODE_VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()  # a change here invalidates cached examples
-
-
-def _common_prefix(a: str, b: str, markers: Sequence[str]) -> int:
-    """Length of the common prefix of ``a`` and ``b``, never ending inside a special token of either."""
-    low, high = 0, min(len(a), len(b))  # bisect for the first difference: slices compare in C
-    if a[:high] == b[:high]:
-        low = high
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (middle, high) if a[:middle] == b[:middle] else (low, middle)
-    end, moved = low, True
-    while moved:  # "<|endoftext|>" and "<|user|>" share "<|": step back to where the token starts
-        moved = False
-        for text in (a, b):
-            for marker in markers:
-                start = text.find(marker, max(0, end - len(marker) + 1), end + len(marker) - 1)
-                if 0 <= start < end < start + len(marker):
-                    end, moved = start, True
-    return end
-
-
-class RenderError(DataError):
-    """The chat template cannot render a conversation faithfully (a dropped, merged or reordered turn)."""
-
-
-def render_spans(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict],
-                 tools: Optional[Sequence[dict]] = None) -> List[Tuple[str, bool]]:
-    """Split the rendered conversation into ``(text, is_trained_reply)`` spans that concatenate to it.
-
-    Reply ``i`` starts where the template's prompt for it (``messages[:i]`` plus the generation prompt) ends,
-    and runs as far as the rendering of ``messages[:i + 1]`` agrees with the whole conversation's: so the
-    reply's end-of-turn marker is trained, and a marker that a template adds only at the very end of a
-    conversation (Phi-3 appends EOS) is trained only there. A reply marked ``"train": false`` is context. ``tools``
-    go to the template as ``tools=``; every message (and tool) must show in the rendering (``check_rendered``).
-
-    Raises:
-        RenderError: the template drops, merges or reorders a turn.
-    """
-    def render(part: Sequence[dict], **kwargs) -> str:
-        return tokenizer.apply_chat_template(list(part), tools=list(tools) if tools else None, tokenize=False,
-                                             **kwargs)
-
-    full = render(messages)
-    check_rendered(tokenizer, full, messages, tools)
-    markers = [str(t) for t in tokenizer.added_tokens_decoder.values()]
-    spans, done = [], 0
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        prompt = render(messages[:i], add_generation_prompt=True)
-        end = _common_prefix(render(messages[: i + 1]), full, markers)
-        if not full.startswith(prompt) or len(prompt) < done or end <= len(prompt):
-            raise RenderError(f"{template_name(tokenizer)} renders the conversation up to message {i} differently "
-                              "from the conversation itself (it merges or reorders turns), so the assistant's "
-                              "tokens cannot be located. Use a template that renders turns in order "
-                              "(data.chat_template).")
-        spans += [(full[done:len(prompt)], False), (full[len(prompt):end], message.get("train", True))]
-        done = end
-    if done < len(full):
-        spans.append((full[done:], False))
-    return spans
-
-
-def template_name(tokenizer: PreTrainedTokenizerBase) -> str:
-    """``the chat template of <tokenizer>``, for messages."""
-    return f"the chat template of {getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__}"
-
-
-def check_rendered(tokenizer: PreTrainedTokenizerBase, full: str, messages: Sequence[dict],
-                   tools: Optional[Sequence[dict]] = None) -> None:
-    """Every message's text (and every tool call's and tool's name) must appear in ``full``, messages in order.
-
-    A few substring searches per record: cheap beside the rendering itself.
-
-    Raises:
-        RenderError: naming the template and the first message it drops.
-    """
-    for tool in tools or ():
-        name = (tool.get("function") if isinstance(tool.get("function"), dict) else tool).get("name")
-        if name and name not in full:
-            raise RenderError(f"{template_name(tokenizer)} ignores the tools the conversation defines (no {name!r} "
-                              f"in its rendering). {NO_TOOLS}")
-    at = 0
-    for i, message in enumerate(messages):
-        needles = [message["content"].strip()] if message["content"].strip() else []
-        needles += [c["function"]["name"] for c in message.get("tool_calls") or ()]
-        for needle in needles:
-            found = full.find(needle, at)
-            if found < 0:
-                raise RenderError(_dropped(tokenizer, i, message))
-            at = found + len(needle)
-
-
-NO_TOOLS = ("It has no tool support: use a model whose template renders tools and tool calls, or render them "
-            "as ChatML with Hermes-style <tool_call> tags with data.chat_template=chatml_tools.")
-
-
-def _dropped(tokenizer: PreTrainedTokenizerBase, i: int, message: dict) -> str:
-    role = "assistant tool call" if message.get("tool_calls") else message["role"]
-    text = message["content"].strip() or message["tool_calls"][0]["function"]["name"]
-    hint = (NO_TOOLS if message["role"] == "tool" or message.get("tool_calls") else
-            "It does not render a system turn: fold it into the first user turn with data.system_into_user=true, "
-            "or drop it." if message["role"] == "system" else
-            "Use a template that renders every turn (data.chat_template).")
-    return (f"{template_name(tokenizer)} drops message {i} ({role}: {text[:60]!r}) from its rendering, so "
-            f"training would not see the conversation the data holds. {hint}")
+CODE_VERSION = hashlib.sha256(b"".join((Path(__file__).parent / name).read_bytes()  # a change here invalidates
+                                        for name in ("tokenize.py", "rendering.py"))).hexdigest()  # cached examples
 
 
 def tokenize_conversation(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], max_seq_length: int,
@@ -270,19 +166,6 @@ def conversation_of(stored: bytes) -> Tuple[List[dict], Optional[List[dict]]]:
     """The messages and tools of a record as ``tokenize_records`` stores them (JSON)."""
     messages, tools = orjson.loads(stored)[:2]
     return messages, tools
-
-
-def template_refusal(tokenizer: PreTrainedTokenizerBase, record_id: str, split: Optional[str],
-                     exc: Exception) -> str:
-    """One paragraph on a record the chat template refuses or cannot render faithfully."""
-    record = f"record {record_id!r}" + (f" of the {split} split" if split else "")
-    if isinstance(exc, RenderError):
-        return f"{record}: {exc}"
-    text = str(exc)
-    hint = ("fold the system turn into the first user turn with data.system_into_user=true, or drop it"
-            if "system" in text.lower() else "fix the record, or use a model (or data.chat_template) whose template "
-            "accepts its roles and their order")
-    return f"{template_name(tokenizer)} refuses {record}: {text}. To go on, {hint}."
 
 
 def tokenization_fingerprint(records: Sequence[dict], tokenizer: PreTrainedTokenizerBase, max_seq_length: int,

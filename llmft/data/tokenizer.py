@@ -10,8 +10,6 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from llmft.errors import ModelLoadError
 
-TINY_TARGETS = ("llmft.models.build_tiny", "llmft.models.tiny.build_tiny")
-
 
 def load_tokenizer(model: DictConfig, cache_dir: Optional[str] = None) -> Tuple[PreTrainedTokenizerBase, str]:
     """Load only the tokenizer that ``model`` (a ``conf/model`` option) would load with its weights.
@@ -38,9 +36,9 @@ def load_tokenizer(model: DictConfig, cache_dir: Optional[str] = None) -> Tuple[
     remote = bool(model.get("trust_remote_code", False))  # the model's own code runs only when its config says so
     if own:
         return open_tokenizer(own, key="model.tokenizer", trust_remote_code=remote), own
-    if model._target_ in TINY_TARGETS:
-        from llmft.models.tiny import byte_level_tokenizer
+    from llmft.models.tiny import byte_level_tokenizer, is_tiny
 
+    if is_tiny(model):
         return byte_level_tokenizer(), "the tiny model's byte-level tokenizer (built in-process)"
     if name is None:
         raise ModelLoadError(f"the model option ({model._target_}) names no name_or_path or tokenizer to load.")

@@ -1,7 +1,10 @@
 """What every evaluator is given: the evaluation split, as records and as tokenized examples."""
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Optional, Sequence
+
+import torch
 
 
 @dataclass
@@ -19,3 +22,19 @@ class EvalData:
     records: List[dict]
     tokenized: Any
     pairs: Optional[Any] = None
+
+
+@contextlib.contextmanager
+def evaluating(model) -> Iterator[torch.device]:
+    """``model`` in eval mode for the block, its training mode restored after; yields the device of its weights."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield next(model.parameters()).device
+    finally:
+        model.train(was_training)
+
+
+def longest_first(lengths: Sequence[int]) -> List[int]:
+    """Indices by decreasing length: batches of similar lengths (little padding), and the peak memory comes at once."""
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])

@@ -5,7 +5,7 @@ import math
 import torch
 
 from llmft.data import pad_collate
-from llmft.evaluation.data import EvalData
+from llmft.evaluation.data import EvalData, evaluating, longest_first
 from llmft.loss import lm_loss_sum
 
 
@@ -31,17 +31,13 @@ class Perplexity:
         dataset = data.tokenized
         if len(dataset) == 0:
             return {}
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        # longest first and grouped by length: little padding, and the peak comes at once
-        order = sorted(range(len(dataset)), key=lambda i: -len(dataset[i]["input_ids"]))
+        order = longest_first([len(dataset[i]["input_ids"]) for i in range(len(dataset))])
         loss_sum, tokens = 0.0, 0
-        for start in range(0, len(order), self.batch_size):
-            batch = pad_collate([dataset[i] for i in order[start:start + self.batch_size]], tokenizer.pad_token_id)
-            summed, count = lm_loss_sum(model, {k: v.to(device) for k, v in batch.items()}, self.chunk_tokens)
-            loss_sum, tokens = loss_sum + float(summed), tokens + count
-        model.train(was_training)
+        with evaluating(model) as device:
+            for start in range(0, len(order), self.batch_size):
+                batch = pad_collate([dataset[i] for i in order[start:start + self.batch_size]], tokenizer.pad_token_id)
+                summed, count = lm_loss_sum(model, {k: v.to(device) for k, v in batch.items()}, self.chunk_tokens)
+                loss_sum, tokens = loss_sum + float(summed), tokens + count
         loss = loss_sum / max(tokens, 1)
         return {"eval_loss": loss, "perplexity": math.exp(min(loss, 700.0)), "num_samples": len(dataset),
                 "total_tokens": tokens}

@@ -6,7 +6,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from llmft.data.pairs import pair_collate, pair_lengths
-from llmft.evaluation.data import EvalData
+from llmft.evaluation.data import EvalData, evaluating, longest_first
 from llmft.loss import sequence_logps
 from llmft.objectives.preference import reference_model
 
@@ -35,15 +35,13 @@ class PreferenceAccuracy:
         """Return ``{"metrics": {...}}`` with the figures above (``{}`` without validation pairs)."""
         if data.pairs is None or len(data.pairs) == 0:
             return {}
-        was_training = model.training
-        model.eval()
-        chosen, rejected = self.logps(model, tokenizer, data.pairs)
-        if adapter_active(model):
-            with reference_model(model):
-                ref_chosen, ref_rejected = self.logps(model, tokenizer, data.pairs)
-        else:
-            ref_chosen, ref_rejected = torch.zeros_like(chosen), torch.zeros_like(rejected)
-        model.train(was_training)
+        with evaluating(model):
+            chosen, rejected = self.logps(model, tokenizer, data.pairs)
+            if adapter_active(model):
+                with reference_model(model):
+                    ref_chosen, ref_rejected = self.logps(model, tokenizer, data.pairs)
+            else:
+                ref_chosen, ref_rejected = torch.zeros_like(chosen), torch.zeros_like(rejected)
         margin = (chosen - ref_chosen) - (rejected - ref_rejected)
         return {"metrics": {"preference_accuracy": float((margin > 0).float().mean()),
                             "reward_margin": float(margin.mean()) if adapter_active(model) else 0.0,
@@ -53,8 +51,7 @@ class PreferenceAccuracy:
     def logps(self, model, tokenizer, pairs) -> Tuple[torch.Tensor, torch.Tensor]:
         """The summed log-probabilities of the chosen and the rejected reply of every pair, in dataset order."""
         device = next(model.parameters()).device
-        lengths = pair_lengths(pairs)
-        order = sorted(range(len(pairs)), key=lambda i: -lengths[i])  # longest first: the peak comes at once
+        order = longest_first(pair_lengths(pairs))
         out = torch.zeros(len(pairs), 2, dtype=torch.float64)
         for start in range(0, len(order), self.batch_size):
             indices = order[start:start + self.batch_size]

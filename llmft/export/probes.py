@@ -29,7 +29,7 @@ class Probes:
 def validation_records(run: FinishedRun) -> list:
     """The run's validation records, or none when its data moved since training."""
     try:
-        from llmft.pipeline import read_splits
+        from llmft.builders import read_splits
 
         return read_splits(run.cfg).val
     except Exception:  # the data moved since training: fixed prompts check the export just as well

@@ -10,7 +10,8 @@ import sys
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from llmft.config.precheck import CONFIG_DIR, fail
+from llmft.config.location import CONFIG_DIR
+from llmft.config.precheck import fail
 from llmft.errors import LlmftError
 from llmft.quiet import quiet_libraries
 

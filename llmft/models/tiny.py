@@ -37,6 +37,14 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
                                    pad_token="<|endoftext|>", unk_token=None, chat_template=CHATML_TEMPLATE)
 
 
+def is_tiny(model: Mapping[str, Any]) -> bool:
+    """Whether a ``model`` option builds the tiny random model (its ``_target_`` is ``build_tiny``, under any import
+    path): it is built from its ``arch``, with no files to read figures or a tokenizer from."""
+    from hydra.utils import get_method
+
+    return get_method(str(model.get("_target_"))) is build_tiny
+
+
 def build_tiny(
     name_or_path: str = "tiny-llama",
     *,

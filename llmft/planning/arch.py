@@ -23,7 +23,6 @@ from typing import Any, List, Mapping, Optional, Tuple
 from llmft.errors import ConfigError
 from llmft.model_cache import conversion_of
 
-TINY_TARGET = "llmft.models.build_tiny"
 BYTE_LEVEL_VOCAB = 256 + 3  # llmft.models.tiny.byte_level_tokenizer: 256 bytes + 3 ChatML special tokens
 LLAMA_DEFAULTS = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
                   "num_attention_heads": 32, "tie_word_embeddings": False}
@@ -132,7 +131,9 @@ def find_arch(model: Mapping[str, Any], cache_dir: Optional[str]) -> Arch:
     Raises:
         ConfigError: no figures are available offline, or the architecture is not one the planner knows.
     """
-    if model.get("_target_") == TINY_TARGET:
+    from llmft.models.tiny import is_tiny
+
+    if is_tiny(model):
         arch = {**LLAMA_DEFAULTS, **dict(model["arch"])}
         vocab, where = _tokenizer_vocab(model.get("tokenizer"))
         return from_config({**arch, "vocab_size": vocab, "model_type": "llama"},

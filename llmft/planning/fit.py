@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from llmft.planning.plan import MemoryPlan, plan_memory
 from llmft.planning.setup import Setup
+from llmft.quantization import FOUR_BIT, QLORA
 
 MIN_SEQ_LEN = 64
 WHY = {"hardware.gradient_checkpointing": "recompute activations in the backward pass (steps about 30% slower)",
@@ -35,8 +36,8 @@ class Suggestion:
 
 def suggest(s: Setup) -> List[Suggestion]:
     """Changes that bring the plan of ``s`` within its budget, most preferable first (empty when none does)."""
-    steps = [(key, value) for key, value in (("hardware.gradient_checkpointing", True), ("quantization", "nf4"))
-             if not (key == "quantization" and s.quantization in ("nf4", "fp4")) and
+    steps = [(key, value) for key, value in (("hardware.gradient_checkpointing", True), ("quantization", QLORA))
+             if not (key == "quantization" and s.quantization in FOUR_BIT) and
              not (key == "hardware.gradient_checkpointing" and s.gradient_checkpointing)]
     found = [_with_micro_batch(s, s, {})]
     found += [_with_micro_batch(s, _apply(s, {key: value}), {key: value}) for key, value in steps]

@@ -7,13 +7,14 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from llmft.config.precheck import CONFIG_DIR
+from llmft.config.location import CONFIG_DIR
 from llmft.errors import ConfigError, MemoryBudgetError
 from llmft.planning.fit import Suggestion, suggest
 from llmft.planning.plan import CUDA_CONTEXT_BYTES, MemoryPlan, plan_memory
 from llmft.planning.report import format_plan, size
 from llmft.hardware import run_device
 from llmft.planning.setup import GIB, Setup, setup_from_cfg
+from llmft.quantization import scheme
 
 log = logging.getLogger(__name__)
 MIB = 2**20
@@ -82,7 +83,7 @@ def fit_budget(cfg: DictConfig, plan: Optional[MemoryPlan]) -> Tuple[Optional[Me
     if not cfg.hardware.auto_fit or not suggestions:
         raise MemoryBudgetError(_refusal(cfg, plan, suggestions))
     first = suggestions[0]
-    changed = {key: {"from": OmegaConf.select(cfg, key) if key != "quantization" else _quantization_name(cfg),
+    changed = {key: {"from": OmegaConf.select(cfg, key) if key != "quantization" else scheme(cfg.get("quantization"))[0],
                      "to": value} for key, value in first.changes.items()}
     apply_changes(cfg, first.changes)
     log.info("hardware.auto_fit: %s (%s; plan %s -> %s)", " ".join(first.overrides), first.why,
@@ -177,13 +178,6 @@ def records_cut(dataset: Any, max_seq_length: int) -> Optional[int]:
     lengths = pc.list_value_length(dataset.data.column("input_ids"))
     at_limit = pc.filter(dataset.data.column("record"), pc.greater_equal(lengths, max_seq_length))
     return len(pc.unique(at_limit))
-
-
-def _quantization_name(cfg: DictConfig) -> Optional[str]:
-    node = cfg.get("quantization")
-    if node is None:
-        return None
-    return "int8" if node.get("load_in_8bit") else str(node.get("bnb_4bit_quant_type"))
 
 
 def _refusal(cfg: DictConfig, plan: MemoryPlan, suggestions: Sequence[Suggestion]) -> str:

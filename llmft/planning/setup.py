@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from llmft.hardware import resolve_precision
 from llmft.planning.arch import Arch, Linear, find_arch
+from llmft.quantization import scheme
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 GIB = 2**30
@@ -97,17 +98,6 @@ class Setup:
         return self.micro_batch_size * self.seq_len
 
 
-def quantization_of(node: Optional[Mapping[str, Any]]) -> Tuple[Optional[str], bool]:
-    """(``nf4``/``fp4``/``int8``/None, double quantization) of a ``BitsAndBytesConfig`` node."""
-    if not node:
-        return None, False
-    if node.get("load_in_4bit"):
-        return str(node.get("bnb_4bit_quant_type", "fp4")), bool(node.get("bnb_4bit_use_double_quant", False))
-    if node.get("load_in_8bit"):
-        return "int8", False
-    return None, False
-
-
 def setup_from_cfg(cfg: DictConfig) -> Setup:
     """Read a composed ``conf/train.yaml`` configuration into a ``Setup``.
 
@@ -117,7 +107,7 @@ def setup_from_cfg(cfg: DictConfig) -> Setup:
     data = {key: _plain(cfg, key) for key in ("paths", "model", "quantization", "lora", "data", "hardware", "trainer",
                                                "eval", "objective")}
     hw, lora, model = data["hardware"], data["lora"], data["model"]
-    quant, double = quantization_of(data.get("quantization"))
+    quant, double = scheme(data.get("quantization"))
     targets = lora["target_modules"]
     optimizer = dict(hw["optimizer"])
     return Setup(
@@ -145,8 +135,12 @@ def _plain(cfg: DictConfig, key: str) -> Any:
 
 def _eval_settings(data: Mapping[str, Any]) -> Dict[str, Any]:
     """The perplexity evaluator's batch and key, and whether the loop validates during training."""
+    from hydra.utils import get_class
+
+    from llmft.evaluation import Perplexity
+
     found = [(name, node.get("batch_size", 8)) for name, node in (data.get("eval") or {}).items()
-             if isinstance(node, dict) and str(node.get("_target_", "")).endswith(".Perplexity")]
+             if isinstance(node, dict) and issubclass(get_class(str(node["_target_"])), Perplexity)]
     name, batch = found[0] if found else ("", 0)
     return {"eval_batch_size": int(batch), "eval_batch_key": f"eval.{name}.batch_size" if name else "",
             "eval_during_training": bool((data.get("trainer") or {}).get("eval_every"))}

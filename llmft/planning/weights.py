@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import List, Tuple
 
 from llmft.planning.setup import Setup
+from llmft.quantization import INT8
 
 BNB_BLOCK = 64              # bitsandbytes 4-bit blocksize: one absmax per 64 weights
 BNB_NESTED_BLOCK = 256      # double quantization: one fp32 absmax per 256 first-level absmax
@@ -41,7 +42,7 @@ def quantized_bytes_per_weight(quantization: str, double_quant: bool) -> float:
       blocks (4/16384 B): 0.515869 B per weight in all.
     - int8 (LLM.int8()): 1 byte per weight; the per-row fp32 scale is counted apart (``base_weights``).
     """
-    if quantization == "int8":
+    if quantization == INT8:
         return 1.0
     if double_quant:
         return 0.5 + 1 / BNB_BLOCK + 4 / (BNB_BLOCK * BNB_NESTED_BLOCK)
@@ -61,7 +62,7 @@ def base_weights(s: Setup) -> Term:
         return Term("base_weights", "base weights", a.total_params() * s.weight_bytes,
                     f"{_m(a.total_params())} params x {s.weight_bytes} B{_tied(s)}")
     weights = sum(lin.in_features * lin.out_features for lin in a.linears()) * a.num_hidden_layers
-    scales = sum(lin.out_features for lin in a.linears()) * a.num_hidden_layers * 4 if s.quantization == "int8" else 0
+    scales = sum(lin.out_features for lin in a.linears()) * a.num_hidden_layers * 4 if s.quantization == INT8 else 0
     rest = a.total_params() - weights
     per = quantized_bytes_per_weight(s.quantization, s.double_quant)
     quant = f"{s.quantization}{' + double quant' if s.double_quant else ''}"

@@ -1,0 +1,111 @@
+"""What a run is made of, built from its config one way for every command: the training pipeline, ``llmft-eval``
+(``reevaluate``) and a finished run opened again (``runs``, which ``llmft-export`` and ``llmft-chat`` use) all
+build the model, the adapter, the data and the evaluators here."""
+
+import logging
+from typing import Any, Dict, Optional
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from llmft.adapters import apply_lora, is_quantized
+from llmft.data import Splits, load_splits
+from llmft.data.pairs import tokenize_pairs
+from llmft.data.templates import use_chat_template
+from llmft.evaluation import EvalData, run_evaluators
+from llmft.hardware import autocast, run_device, weights_dtype
+from llmft.objectives import SFT
+
+log = logging.getLogger(__name__)
+
+
+def build(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that logs what it builds; None stays None (e.g. ``quantization=none``).
+
+    ``kwargs`` are objects built earlier (a quantization config, a cache folder); they are passed to the target
+    directly, not through Hydra, which would turn them into configs.
+    """
+    if node is None:
+        return None
+    log.info("Building %s", node._target_)
+    if not kwargs:
+        return instantiate(node, _convert_="all")
+    return instantiate(node, _partial_=True, _convert_="all")(**kwargs)
+
+
+def build_model(cfg: DictConfig, device: str, quantized: bool = True, dtype: Optional[str] = None):
+    """The base model and tokenizer (a ``LoadedModel``) as the run loads them: its quantization (unless
+    ``quantized`` is False) and, unquantized, the dtype its precision gives on ``device`` (or ``dtype``)."""
+    return build(cfg.model, quantization_config=build(cfg.quantization) if quantized else None,
+                 dtype=dtype or weights_dtype(cfg.hardware.precision, device), device=device,
+                 cache_dir=cfg.paths.cache_dir)
+
+
+def with_new_adapter(cfg: DictConfig, loaded, device: str):
+    """``loaded``'s model with fresh trainable adapters (``cfg.lora``), on ``device`` unless quantized (where the
+    weights already are)."""
+    return _placed(apply_lora(loaded.model, build(cfg.lora), cfg.hardware.gradient_checkpointing), loaded, device)
+
+
+def with_saved_adapter(loaded, adapter, device: str):
+    """``loaded``'s model with the adapter saved in the folder ``adapter``, on ``device``, for inference."""
+    from peft import PeftModel
+
+    return _placed(PeftModel.from_pretrained(loaded.model, adapter), loaded, device).eval()
+
+
+def _placed(model, loaded, device: str):
+    if not is_quantized(loaded.model):  # bitsandbytes put quantized weights on their device as it loaded them
+        model.to(run_device(device))
+    return model
+
+
+def read_splits(cfg: DictConfig, report_dir=None) -> Splits:
+    """The training and validation records that ``cfg.data`` and ``cfg.data_format`` describe.
+
+    With ``report_dir`` (the run folder), rejected records go to its ``rejects.jsonl`` and the counts to its
+    ``data_report.json``.
+    """
+    return load_splits(build(cfg.data_format), cfg.data.path, cfg.data.val_path, cfg.data.val_ratio, cfg.seed,
+                       cfg.data.max_samples, strict=cfg.data.strict, report_dir=report_dir,
+                       system_into_user=cfg.data.system_into_user, sources=cfg.data.sources,
+                       pairs=build(cfg.objective).pairs)
+
+
+def tokenize_split(cfg: DictConfig, tokenizer, records, split: str, objective=None):
+    """Tokenize one split as ``objective`` trains on it (default: as conversations, SFT), cached under
+    ``paths.cache_dir``; returns the dataset and the number of records dropped. A tokenizer without a chat template
+    gets ``data.fallback_template``."""
+    use_chat_template(tokenizer, cfg.data.fallback_template, cfg.data.chat_template)
+    return (objective or SFT()).tokenize(records, tokenizer, max_seq_length=cfg.data.max_seq_length,
+                                         train_on_prompt=cfg.data.train_on_prompt, split=split,
+                                         cache_dir=cfg.paths.cache_dir)
+
+
+def evaluation_data(cfg: DictConfig, tokenizer, records) -> EvalData:
+    """The validation split for the evaluators: its conversations tokenized (for pairs: prompt and chosen reply,
+    for perplexity), and, when its records are preference pairs, both sides of each pair."""
+    tokenized, _ = tokenize_split(cfg, tokenizer, records, "val")
+    pairs = None
+    if records and "rejected" in records[0]:
+        pairs, _ = tokenize_pairs(records, tokenizer, cfg.data.max_seq_length, "val", cfg.paths.cache_dir)
+    return EvalData(records=records, tokenized=tokenized, pairs=pairs)
+
+
+def build_evaluators(cfg: DictConfig) -> Dict[str, Any]:
+    """The evaluators of ``cfg.eval`` by name (none for ``eval=none``)."""
+    return {name: build(node) for name, node in (cfg.eval or {}).items()}
+
+
+def evaluate(cfg: DictConfig, evaluators: Dict[str, Any], model, tokenizer, data: EvalData, base: bool,
+             device: Optional[str] = None) -> Dict[str, dict]:
+    """Every evaluator on the fine-tuned model, or with ``base`` on the base model (the adapter disabled), under the
+    autocast that training used, so that both are computed at the same precision.
+
+    ``device`` is where the model is now, when not the run's own (a GPU run re-evaluated on a CPU).
+    """
+    import contextlib
+
+    with model.disable_adapter() if base else contextlib.nullcontext(), \
+            autocast(cfg.hardware.precision, cfg.hardware.device, device):
+        return run_evaluators(evaluators, model, tokenizer, data, "base" if base else "fine-tuned")
