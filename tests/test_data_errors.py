@@ -136,12 +136,13 @@ def test_a_template_that_requires_alternation_is_one_paragraph_in_check_and_in_t
                                       {"role": "assistant", "content": "Yes."}]}
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps(twice) + "\n")
-    refusal = (r"the chat template of \S*qwen2-instruct refuses record 'u2'( of the train split)?: Conversation roles "
+    refusal = (r"the chat template of \S+ refuses record 'u2'( of the train split)?: Conversation roles "
                r"must alternate user/assistant/user/assistant/\.\.\.\. To go on, fix the record, or use a model \(or "
                r"data.chat_template\) whose template accepts its roles and their order\.")
     checked = cli("llmft-check", data, "model=tiny", f"model.tokenizer={folder}")
     assert checked.returncode == 1 and "Traceback" not in checked.stderr + checked.stdout
     assert re.search("REFUSED by the chat template: 1 records .*the first: " + refusal, checked.stdout), checked.stdout
+    assert "qwen2-instruct refuses record 'u2'" in checked.stdout  # training names the tiny model's copy of it
     trained = cli("llmft-train", "model=tiny", f"model.tokenizer={folder}", f"data.path={data}", "data.val_ratio=0",
                   "eval=none", f"paths.cache_dir={cache_dir}", f"hydra.run.dir={tmp_path / 'run'}")
     assert_clean_error(trained, "llmft-train", refusal)
