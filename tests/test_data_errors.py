@@ -1,6 +1,7 @@
 """Tokenizer and template failures as one paragraph naming the file and the fix; llmft-check on raw files."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -107,3 +108,49 @@ def test_check_converts_a_raw_file_first(tmp_path):
         f"{raw}: raw messages data (detected), not conversation records: checked as llmft-prepare and llmft-train "
         f"convert it (read 4, written 3, rejected 1, duplicates 0). llmft-prepare {raw} --out DIR writes the "
         "records."]
+
+
+def test_check_refuses_the_real_glaive_file_under_qwen2_and_passes_it_with_chatml_tools(tmp_path):
+    glaive = realdata("sharegpt", "glaive_toolcall_en_demo.json")
+    qwen2 = realdata("tokenizers", "qwen2-instruct")
+    refused = cli("llmft-check", glaive, "model=tiny", f"model.tokenizer={qwen2}")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr + refused.stdout  # it once exited 0
+    (line,) = [line for line in refused.stdout.splitlines() if line.startswith("REFUSED by the chat template")]
+    assert re.search(r"the first: record '[0-9a-f]{16}': the chat template of \S*qwen2-instruct ignores the tools "
+                     r"the conversation defines \(no '\w+' in its rendering\)\..*data.chat_template=chatml_tools",
+                     line), line
+    passed = cli("llmft-check", glaive, "model=tiny", f"model.tokenizer={qwen2}", "data.chat_template=chatml_tools")
+    assert passed.returncode == 0 and "REFUSED" not in passed.stdout, passed.stdout + passed.stderr[-2000:]
+
+
+# Gemma's other rule: user and assistant turns alternate (as its template raises it)
+ALTERNATING = ("{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+               "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+               "{% endif %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+               "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def test_a_template_that_requires_alternation_is_one_paragraph_in_check_and_in_training(tmp_path, cache_dir):
+    folder = tokenizer_copy(tmp_path, "qwen2-instruct", chat_template=ALTERNATING)
+    twice = {"id": "u2", "messages": [{"role": "user", "content": "Hi."}, {"role": "user", "content": "Still there?"},
+                                      {"role": "assistant", "content": "Yes."}]}
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps(twice) + "\n")
+    refusal = (r"the chat template of \S+ refuses record 'u2'( of the train split)?: Conversation roles "
+               r"must alternate user/assistant/user/assistant/\.\.\.\. To go on, fix the record, or use a model \(or "
+               r"data.chat_template\) whose template accepts its roles and their order\.")
+    checked = cli("llmft-check", data, "model=tiny", f"model.tokenizer={folder}")
+    assert checked.returncode == 1 and "Traceback" not in checked.stderr + checked.stdout
+    assert re.search("REFUSED by the chat template: 1 records .*the first: " + refusal, checked.stdout), checked.stdout
+    assert "qwen2-instruct refuses record 'u2'" in checked.stdout  # training names the tiny model's copy of it
+    trained = cli("llmft-train", "model=tiny", f"model.tokenizer={folder}", f"data.path={data}", "data.val_ratio=0",
+                  "eval=none", f"paths.cache_dir={cache_dir}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert_clean_error(trained, "llmft-train", refusal)
+
+
+def test_train_names_a_missing_tokenizer_without_a_traceback(tmp_path, cache_dir):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps(WITH_SYSTEM) + "\n")
+    result = cli("llmft-train", "model=tiny", "model.tokenizer=/nonexistent", f"data.path={data}", "eval=none",
+                 f"paths.cache_dir={cache_dir}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert_clean_error(result, "llmft-train", r"model.tokenizer=/nonexistent: no such folder\. Point it at a folder")

@@ -67,7 +67,7 @@ def convert_raw(path: Path, data_format: Callable) -> Tuple[Validity, str]:
     """The records ``path`` converts to, as ``llmft-prepare`` and training convert it, and a line saying so."""
     rejects = io.BytesIO()
     collector = Collector(rejects)
-    out = Validity(records=[record for record, _ in collector.read(path, data_format, str(path))])
+    out = Validity(records=list(collector.read(path, data_format, str(path))))
     out.invalid = [(r["line"], r["reason"]) for r in map(orjson.loads, rejects.getvalue().splitlines())]
     (counts,) = collector.report()["files"]
     line = (f"{path}: raw {counts['format']} data{' (detected)' if counts['detected'] else ''}, not conversation "

@@ -20,7 +20,8 @@ import orjson
 from llmft.data.formats import detect, format_name, reads_pairs, refuse_conversations, required_keys
 from llmft.data.parts import Excluded, Reject
 from llmft.data.records import validate_record
-from llmft.data.sources import SHAPES, Raw, read_raw
+from llmft.data.raw import Raw
+from llmft.data.sources import SHAPES, read_raw
 from llmft.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,9 @@ def open_file(path: Path, data_format: Callable, source: str,
     head: List[Raw] = []
     for raw in raws:
         head.append(raw)
-        if raw[3] is None:  # the first record that parses tells the format
+        if raw.problem is None:  # the first record that parses tells the format
             break
-    first = head[-1][2] if head and head[-1][3] is None else None
+    first = head[-1].value if head and head[-1].problem is None else None
     convert, detected = data_format, format_name(data_format) == "auto"
     if first is not None and detected:
         convert = detect(first, str(path), pairs)
@@ -89,14 +90,24 @@ def _check_keys(path: Path, convert: Callable, value: Any) -> None:
                         "data_format=auto to detect the format.")
 
 
-def make_record(value: Any, messages: list, source: str, key: bytes, tools: Optional[list] = None,
-                rejected: Optional[dict] = None) -> Tuple[dict, bool]:
-    """The schema record of converted ``messages`` (and ``tools``, and a pair's ``rejected`` reply): the input's id
-    (else one derived from the content) and meta.
+def make_record(value: Any, converted: Any, source: str) -> Tuple[bytes, dict, bool]:
+    """The schema record of a converted record: its messages (and a converter's ``tools``, and a pair's
+    ``rejected`` reply), the input's id (else one derived from the content), and meta.
+
+    Args:
+        value: the raw record (its ``id`` and ``meta`` are kept).
+        converted: what the converter returned: the messages, or ``{"messages", "tools", "rejected"}``.
+        source: the file, for ``meta.source``.
 
     Returns:
-        The record (``meta.split`` comes last and empty; the split assigns it), and whether the input named it.
+        The digest of the content (messages, tools and rejected reply: what tells records apart), the record
+        (``meta.split`` comes last and empty; the split assigns it), and whether the input named it.
     """
+    messages, tools, rejected = converted, None, None
+    if type(converted) is dict:  # noqa: E721  (a record that defines tools, or a preference pair)
+        messages, tools, rejected = converted["messages"], converted.get("tools"), converted.get("rejected")
+    key = hashlib.blake2b(orjson.dumps(messages) + (orjson.dumps(tools) if tools else b"") +
+                          (orjson.dumps(rejected) if rejected else b""), digest_size=16).digest()
     given, meta = (value.get("id"), value.get("meta")) if type(value) is dict else (None, None)  # noqa: E721
     named = type(given) is int or type(given) is str and given != "" and not given.isspace()  # noqa: E721
     if type(meta) is dict:  # noqa: E721
@@ -104,21 +115,13 @@ def make_record(value: Any, messages: list, source: str, key: bytes, tools: Opti
                 "tags": meta.get("tags") or [], "split": ""}
     else:
         meta = {"source": source, "tags": [], "split": ""}
-    record = {"id": str(given) if named else key.hex()[:16], "messages": messages}
+    record = {"id": str(given) if named else key[:8].hex(), "messages": messages}
     if tools:
         record["tools"] = tools
     if rejected:
         record["rejected"] = rejected
     record["meta"] = meta
-    return record, named
-
-
-def record_line(record: dict, body: bytes) -> bytes:
-    """``record`` as one JSON line, reusing ``body``, its messages already serialized (for the digest)."""
-    tools = b',"tools":' + orjson.dumps(record["tools"]) if "tools" in record else b""
-    tools += b',"rejected":' + orjson.dumps(record["rejected"]) if "rejected" in record else b""
-    return b"".join((b'{"id":', orjson.dumps(record["id"]), b',"messages":', body, tools, b',"meta":',
-                     orjson.dumps(record["meta"]), b"}\n"))
+    return key, record, named
 
 
 class Collector:
@@ -139,8 +142,8 @@ class Collector:
         self.files: List[FileCounts] = []
         self.first_reject: Optional[str] = None  # "file:line: reason", for error messages
 
-    def read(self, path: Path, data_format: Callable, source: str) -> Iterator[Tuple[dict, bytes]]:
-        """The records of ``path`` to keep, each with its messages as JSON, lazily; ``source`` names the file.
+    def read(self, path: Path, data_format: Callable, source: str) -> Iterator[dict]:
+        """The records of ``path`` to keep, lazily; ``source`` names the file.
 
         Raises:
             DataError: see ``open_file``; and, in strict mode, the first rejected record.
@@ -162,33 +165,29 @@ class Collector:
             except Reject as exc:
                 self._reject(counts, line, index, value, str(exc), excluded=isinstance(exc, Excluded))
                 continue
-            tools = rejected = None
-            if type(messages) is dict:  # noqa: E721  (a record that defines tools, or a preference pair)
-                messages, tools, rejected = messages["messages"], messages.get("tools"), messages.get("rejected")
-            body = dumps(messages)
-            extra = (dumps(tools) if tools else b"") + (dumps(rejected) if rejected else b"")
-            key = digest(body + extra, digest_size=16).digest()  # tools and rejected replies tell records apart
+            if type(messages) is list and type(value) is dict and "id" not in value and "meta" not in value:  # noqa
+                key = digest(dumps(messages), digest_size=16).digest()  # the usual case inline: as make_record
+                record, named = {"id": key[:8].hex(), "messages": messages, "meta": {
+                    "source": source, "tags": [], "split": ""}}, False
+            else:
+                key, record, named = make_record(value, messages, source)
             if key in seen:
                 counts.duplicates += 1
                 continue
-            if extra == b"" and type(value) is dict and "id" not in value and "meta" not in value:  # noqa: E721
-                record, named = {"id": key.hex()[:16], "messages": messages, "meta": {
-                    "source": source, "tags": [], "split": ""}}, False  # the usual case, inline
-            else:
-                record, named = make_record(value, messages, source, key, tools, rejected)
-            reason = validate_record(record) if check else None
-            if reason is not None:
-                reason = f"the record breaks the conversation schema: {reason}"
-            elif named and record["id"] in ids:
-                reason = f"duplicate id {record['id']!r} (a different conversation has it)"
-            if reason is not None:
-                self._reject(counts, line, index, value, reason)
-                continue
+            if check or named:
+                reason = validate_record(record) if check else None
+                if reason is not None:
+                    reason = f"the record breaks the conversation schema: {reason}"
+                elif named and record["id"] in ids:
+                    reason = f"duplicate id {record['id']!r} (a different conversation has it)"
+                if reason is not None:
+                    self._reject(counts, line, index, value, reason)
+                    continue
+                if named:
+                    ids.add(record["id"])
             seen.add(key)
-            if named:
-                ids.add(record["id"])
             counts.written += 1
-            yield record, body
+            yield record
 
     def _same_kind(self, source: str, pairs: bool) -> None:
         """Under ``pairs=None``, every file must hold what the first one holds: pairs or conversations."""

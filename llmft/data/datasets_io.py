@@ -1,13 +1,14 @@
 """Records that are not text files: parquet files (streamed a batch at a time), Hugging Face hub datasets
 (``hf://org/name``, through ``datasets.load_dataset``, honouring the HF cache and offline mode) and folders written
-by ``Dataset.save_to_disk``. Each yields the raw records of ``llmft.data.sources`` (``(line, index, value,
-problem)``; "line" is the row number, from 1).
+by ``Dataset.save_to_disk``. Each yields ``Raw`` records (``llmft.data.raw``) whose "line" is the row number, from 1.
 """
 
+import itertools
 import os
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Tuple
 
+from llmft.data.raw import Raw, make_raw
 from llmft.errors import DataError
 
 BATCH = 4096
@@ -30,12 +31,12 @@ def is_saved_dataset(path: Path) -> bool:
     return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
 
 
-def rows(table_rows: Iterable[dict]) -> Iterator[tuple]:
-    for index, row in enumerate(table_rows):
-        yield index + 1, index, row, None
+def rows(table_rows: Iterable[dict]) -> Iterator[Raw]:
+    """``table_rows`` as ``Raw`` records (built in C: a parquet file can hold millions of rows)."""
+    return map(make_raw, zip(itertools.count(1), itertools.count(), table_rows, itertools.repeat(None)))
 
 
-def read_parquet(path: Path) -> Iterator[tuple]:
+def read_parquet(path: Path) -> Iterator[Raw]:
     """The rows of a parquet file, a batch at a time."""
     import pyarrow.parquet as pq
 
@@ -44,10 +45,10 @@ def read_parquet(path: Path) -> Iterator[tuple]:
     except Exception as exc:  # pyarrow raises ArrowInvalid (a ValueError) or OSError on a file that is not parquet
         raise DataError(f"{path} cannot be read as parquet ({exc}). Check that it is a complete parquet file.") \
             from None
-    return rows(row for batch in parquet.iter_batches(batch_size=BATCH) for row in batch.to_pylist())
+    return rows(itertools.chain.from_iterable(batch.to_pylist() for batch in parquet.iter_batches(batch_size=BATCH)))
 
 
-def read_saved(path: Path) -> Iterator[tuple]:
+def read_saved(path: Path) -> Iterator[Raw]:
     """The rows of a ``save_to_disk`` folder: a dataset, or the ``train`` split of a dataset dictionary."""
     import datasets
 
@@ -60,7 +61,7 @@ def read_saved(path: Path) -> Iterator[tuple]:
     return rows(loaded)
 
 
-def read_hub(path: Path) -> Iterator[tuple]:
+def read_hub(path: Path) -> Iterator[Raw]:
     """The rows of a hub dataset's split, from the HF cache (or the hub when online)."""
     import datasets
 

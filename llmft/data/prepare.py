@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from llmft.data.convert import Collector, record_line
+import orjson
+
+from llmft.data.convert import Collector
 from llmft.data.datasets_io import hub_id, is_saved_dataset
 from llmft.data.formats import auto
 from llmft.data.splits import assign_splits, data_files, display_name, locate, split_sizes
@@ -50,10 +52,10 @@ def prepare(inputs: Sequence[str], out_dir: str, data_format: Callable = auto, s
     try:
         with open(out / "rejects.jsonl", "wb") as rejects, open(spool, "wb") as kept:
             collector = Collector(rejects, strict, pairs=None)  # preference files become pair records
-            write = kept.write
+            write, dumps, newline = kept.write, orjson.dumps, orjson.OPT_APPEND_NEWLINE
             for file, source in files:
-                for record, body in collector.read(file, data_format, source):
-                    write(record_line(record, body))
+                for record in collector.read(file, data_format, source):
+                    write(dumps(record, option=newline))
         written = collector.totals()["written"]
         sizes = write_splits(spool, out, written, ratios, seed) if written else dict.fromkeys(SPLITS, 0)
     finally:

@@ -1,10 +1,10 @@
 """Input files as a lazy stream of raw records: JSON Lines, JSON arrays, CSV/TSV, plain text, and (through
 ``llmft.data.datasets_io``) parquet, hub datasets and ``save_to_disk`` folders.
 
-Each file yields ``(line, index, value, problem)`` tuples: where the record starts (1-based line; 0-based position in
-the file), the parsed value, and, for a record that cannot even be parsed (a broken JSONL line, a line that is not
-UTF-8), the problem instead. Problems that make the rest of a file unreadable (an empty file, a JSON array where
-JSON Lines is expected, broken JSON inside an array, a CSV in another encoding) raise ``DataError``.
+Each file yields ``Raw`` records (``llmft.data.raw``): where the record starts, the parsed value, and, for a record
+that cannot even be parsed (a broken JSONL line, a line that is not UTF-8), the problem instead. Problems that make
+the rest of a file unreadable (an empty file, a JSON array where JSON Lines is expected, broken JSON inside an
+array, a CSV in another encoding) raise ``DataError``.
 """
 
 import codecs
@@ -12,11 +12,12 @@ import csv
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NamedTuple, Optional, Tuple
+from typing import Iterable, Iterator
 
 import orjson
 
 from llmft.data.datasets_io import hub_id, is_saved_dataset, read_hub, read_parquet, read_saved
+from llmft.data.raw import Problem, Raw, make_raw
 from llmft.errors import DataError
 
 SHAPES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".txt": "text",
@@ -25,18 +26,6 @@ BOM = "\ufeff"
 CHUNK = 1 << 20
 WHITESPACE = re.compile(r"[ \t\n\r]*")
 csv.field_size_limit(1 << 30)  # long replies: the default limit is 128 KiB a field
-
-
-class Problem(NamedTuple):
-    """Why a record could not be parsed, and the column where it went wrong (1-based, if known)."""
-
-    reason: str
-    column: Optional[int] = None
-
-
-# One record as read: (line where it starts, 0-based index in the file, value, problem or None). A plain tuple:
-# the readers make millions of them.
-Raw = Tuple[int, int, Any, Optional[Problem]]
 
 
 def read_raw(path: Path) -> Iterator[Raw]:
@@ -117,9 +106,9 @@ def _jsonl(path: Path) -> Iterator[Raw]:
             if line.isspace():
                 continue
             try:
-                yield number, index, loads(line), None
+                yield make_raw((number, index, loads(line), None))
             except orjson.JSONDecodeError:
-                yield number, index, line.decode("utf-8", "replace").rstrip("\r\n"), _json_problem(line)
+                yield Raw(number, index, line.decode("utf-8", "replace").rstrip("\r\n"), _json_problem(line))
             index += 1
 
 
@@ -156,9 +145,9 @@ def _csv(path: Path) -> Iterator[Raw]:
         for row in rows:
             if any(cell.strip() for cell in row):
                 if len(row) == len(header):
-                    yield line, index, {k: v.replace("\r\n", "\n") for k, v in zip(header, row)}, None
+                    yield Raw(line, index, {k: v.replace("\r\n", "\n") for k, v in zip(header, row)})
                 else:
-                    yield line, index, row, Problem(f"{len(row)} fields where the header has {len(header)}")
+                    yield Raw(line, index, row, Problem(f"{len(row)} fields where the header has {len(header)}"))
                 index += 1
             line = rows.line_num + 1
     if index == 0:
@@ -173,10 +162,10 @@ def _paragraphs(path: Path) -> Iterator[Raw]:
             if line.strip():
                 block, start = block + [line.rstrip("\r\n")], start or number
             elif block:
-                yield start, index, "\n".join(block), None
+                yield Raw(start, index, "\n".join(block))
                 block, start, index = [], 0, index + 1
         if block:
-            yield start, index, "\n".join(block), None
+            yield Raw(start, index, "\n".join(block))
 
 
 def _json_array(path: Path) -> Iterator[Raw]:
@@ -219,7 +208,7 @@ class _ArrayScanner:
             self._peek()
             start = self.line
             value, end = self._decode(decoder)
-            yield start, index, value, None
+            yield Raw(start, index, value)
             index += 1
             self._advance(end)
             if self._expect(",]") == "]":

@@ -146,7 +146,7 @@ def read_records(files: Sequence[Path], data_format: Callable, collector: Collec
     """The records of ``files`` that ``collector`` keeps (new and valid), in file order."""
     records = []
     for file in files:
-        records.extend(record for record, _ in collector.read(file, data_format, display_name(file, root)))
+        records.extend(collector.read(file, data_format, display_name(file, root)))
     return records
 
 

@@ -1,6 +1,6 @@
 """Reference metrics over the evaluation split: the model answers each record's prompt, scored against its reply."""
 
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from llmft.evaluation.data import EvalData
 from llmft.evaluation.generation import generate
@@ -27,8 +27,15 @@ class ReferenceMetrics:
     def __call__(self, model, tokenizer, data: EvalData) -> dict:
         """Return ``{"metrics": {name: value}, "num_scored": n}``."""
         records = data.records[: self.max_samples] if self.max_samples else data.records
-        last = [max(i for i, m in enumerate(r["messages"]) if m["role"] == "assistant") for r in records]
-        prompts = [r["messages"][:i] for r, i in zip(records, last)]
-        references = [r["messages"][i]["content"] for r, i in zip(records, last)]
-        answers = generate(model, tokenizer, prompts, self.max_new_tokens, self.batch_size)
+        prompts, tools, references = reference_prompts(records)
+        answers = generate(model, tokenizer, prompts, self.max_new_tokens, self.batch_size, tools=tools)
         return {"metrics": corpus_scores(answers, references, self.metrics), "num_scored": len(records)}
+
+
+def reference_prompts(records: Sequence[dict]) -> Tuple[List[List[dict]], List[Optional[List[dict]]], List[str]]:
+    """What the model is asked for each record: the messages before its last assistant message, with the
+    record's function definitions (``tools``, None when it has none); and that message's text, the reference."""
+    last = [max(i for i, m in enumerate(r["messages"]) if m["role"] == "assistant") for r in records]
+    prompts = [r["messages"][:i] for r, i in zip(records, last)]
+    references = [r["messages"][i]["content"] for r, i in zip(records, last)]
+    return prompts, [r.get("tools") for r in records], references
