@@ -16,23 +16,44 @@ from typing import Dict, List
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
+def shared_overrides(max_length: int, micro_batch: int) -> List[str]:
+    """The model, LoRA and batch every workload shares, as llmft overrides (SFT in W1 and the DPO workload)."""
+    return ["model=smollm2-135m", "lora=all-linear", f"lora.r={LORA['r']}", f"lora.lora_alpha={LORA['lora_alpha']}",
+            "lora.lora_dropout=0.0", f"data.max_seq_length={max_length}", f"hardware.micro_batch_size={micro_batch}",
+            "hardware.gradient_accumulation_steps=1", "eval=none"]
+
+
 def workload_overrides(data_dir: Path, max_length: int, micro_batch: int) -> List[str]:
     """The W1 workload as llmft overrides (also used to compose the config the other systems load through)."""
-    return ["model=smollm2-135m", "lora=all-linear", f"lora.r={LORA['r']}", f"lora.lora_alpha={LORA['lora_alpha']}",
-            "lora.lora_dropout=0.0", f"data.path={data_dir / 'train.json'}", f"data.val_path={data_dir / 'val.json'}",
-            "data_format=alpaca", f"data.max_seq_length={max_length}", f"hardware.micro_batch_size={micro_batch}",
-            "hardware.gradient_accumulation_steps=1", "trainer.num_epochs=1", "eval=none"]
+    return [*shared_overrides(max_length, micro_batch), f"data.path={data_dir / 'train.json'}",
+            f"data.val_path={data_dir / 'val.json'}", "data_format=alpaca", "trainer.num_epochs=1"]
+
+
+def dpo_overrides(data_dir: Path, max_length: int, micro_batch: int, steps: int, beta: float) -> List[str]:
+    """The DPO workload (``throughput_dpo.py``) as llmft overrides: the pairs of ``pairs.json``, ``steps``
+    optimizer steps, bf16 autocast on fp32 weights (what TRL's ``bf16=True`` does on a CPU), no checkpoints."""
+    return [*shared_overrides(max_length, micro_batch), f"data.path={data_dir / 'pairs.json'}",
+            f"data.val_path={data_dir / 'val.json'}", "objective=dpo", f"objective.beta={beta}",
+            f"trainer.max_steps={steps}", "hardware.precision=bf16", "trainer.save_every=null"]
 
 
 def load_workload(data_dir: Path, max_length: int, micro_batch: int):
     """The model (loaded as llmft loads it, fp32 on the CPU), its tokenizer and the tokenized training records."""
+    model, tokenizer, dataset, _ = load_model_and_data(workload_overrides(data_dir, max_length, micro_batch))
+    return model, tokenizer, dataset.select_columns(["input_ids", "labels"])
+
+
+def load_model_and_data(overrides: List[str]):
+    """The model of ``overrides`` (fp32 on the CPU), its tokenizer, the training split tokenized as the configured
+    objective trains on it, and the split's records."""
     from llmft.config.precheck import check_overrides
     from llmft.builders import build, read_splits, tokenize_split
 
-    cfg = check_overrides(workload_overrides(data_dir, max_length, micro_batch))
+    cfg = check_overrides(overrides)
     loaded = build(cfg.model, quantization_config=None, dtype="float32", device="cpu", cache_dir=cfg.paths.cache_dir)
-    dataset, _ = tokenize_split(cfg, loaded.tokenizer, read_splits(cfg).train, "train")
-    return loaded.model, loaded.tokenizer, dataset.select_columns(["input_ids", "labels"])
+    records = read_splits(cfg).train
+    dataset, _ = tokenize_split(cfg, loaded.tokenizer, records, "train", build(cfg.objective))
+    return loaded.model, loaded.tokenizer, dataset, records
 
 
 def hf_trainer(data_dir: Path, max_length: int, micro_batch: int, bf16: bool) -> Dict[str, float]:
@@ -70,12 +91,56 @@ def trl_packing(data_dir: Path, max_length: int, micro_batch: int, bf16: bool) -
 
 def llmft_train(data_dir: Path, max_length: int, micro_batch: int, extra: List[str]) -> Dict[str, float]:
     """``llmft-train`` in a subprocess of this worker; the figures come from the run's ``summary.json``."""
+    return run_llmft([*workload_overrides(data_dir, max_length, micro_batch), *extra])
+
+
+def run_llmft(overrides: List[str]) -> Dict[str, float]:
+    """``llmft-train OVERRIDES`` in a subprocess; its training seconds and optimizer steps (``summary.json``)."""
     with tempfile.TemporaryDirectory() as out:
-        cmd = ["llmft-train", *workload_overrides(data_dir, max_length, micro_batch), *extra,
-               f"hydra.run.dir={out}"]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["llmft-train", *overrides, f"hydra.run.dir={out}"], check=True, stdout=subprocess.DEVNULL)
         summary = json.loads((Path(out) / "summary.json").read_text(encoding="utf-8"))
     return {"seconds": summary["train_duration_s"], "steps": summary["train_steps"]}
+
+
+def trl_dpo(data_dir: Path, max_length: int, micro_batch: int, steps: int, beta: float) -> Dict[str, float]:
+    """TRL ``DPOTrainer`` (sigmoid loss, the reference = the peft model with its adapter disabled, as TRL does
+    with a ``peft_config`` and no ``ref_model``) on llmft's tokens of the same pairs.
+
+    TRL tokenizes its dataset when the trainer is built; its ``train_dataset`` is then replaced by llmft's
+    tokenization of the pairs in TRL's processed shape (``prompt_ids``, ``chosen_ids``, ``rejected_ids``), so
+    both systems train the same tokens (TRL scores every token after the prompt, llmft the labelled ones).
+    """
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    from llmft.data.pairs import pair_of
+
+    model, tokenizer, pairs, records = load_model_and_data(dpo_overrides(data_dir, max_length, micro_batch, steps,
+                                                                         beta))
+    conversational = Dataset.from_list([{"prompt": p.prompt, "chosen": [p.chosen], "rejected": [p.rejected]}
+                                        for p in map(pair_of, records)])
+    with tempfile.TemporaryDirectory() as out:
+        args = DPOConfig(output_dir=out, per_device_train_batch_size=micro_batch, max_steps=steps, learning_rate=1e-3,
+                         lr_scheduler_type="cosine", warmup_steps=0.1, beta=beta, max_length=max_length, bf16=True,
+                         use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no", seed=42,
+                         gradient_checkpointing=False)  # TRL's default is on; llmft's (and the workload's) off
+        trainer = DPOTrainer(model=model, args=args, train_dataset=conversational, processing_class=tokenizer,
+                             peft_config=LoraConfig(**LORA))
+        trainer.train_dataset = Dataset.from_list([trl_pair(p) for p in pairs])
+        result = trainer.train()
+    return {"seconds": result.metrics["train_runtime"], "steps": result.global_step}
+
+
+def trl_pair(pair: dict) -> Dict[str, List[int]]:
+    """One pair of llmft's tokenization (``llmft.data.pairs.COLUMNS``) in TRL's processed shape: the shared prompt
+    tokens (those before the first labelled one) and each side's tokens after them."""
+    out = {}
+    for side in ("chosen", "rejected"):
+        ids, labels = pair[f"{side}_input_ids"], pair[f"{side}_labels"]
+        start = next(i for i, t in enumerate(labels) if t != -100)
+        out["prompt_ids"], out[f"{side}_ids"] = ids[:start], ids[start:]
+    return out
 
 
 def matmul_peak(seconds: float = 3.0, n: int = 2048) -> Dict[str, float]:
@@ -105,6 +170,10 @@ def main(argv: List[str]) -> None:
         "hf-bf16": lambda: hf_trainer(data_dir, max_length, micro_batch, bf16=True),
         "trl-packing": lambda: trl_packing(data_dir, max_length, micro_batch, bf16=True),
         "llmft": lambda: llmft_train(data_dir, max_length, micro_batch, extra),
+        # throughput_dpo.py: extra = [steps, beta]
+        "trl-dpo": lambda: trl_dpo(data_dir, max_length, micro_batch, int(extra[0]), float(extra[1])),
+        "llmft-dpo": lambda: run_llmft(dpo_overrides(data_dir, max_length, micro_batch, int(extra[0]),
+                                                     float(extra[1]))),
     }
     Path(result).write_text(json.dumps(runs[system]()), encoding="utf-8")
 

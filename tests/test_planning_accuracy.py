@@ -58,3 +58,20 @@ def test_plan_meets_the_peak_resident_memory_of_the_default_model(tmp_path, long
     assert summary["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and summary["longest_sequence"] == 256
     assert summary["memory_plan"]["terms_mb"]["activations"] > 900  # the step, not the process, dominates (960 MB under bf16 autocast)
     assert abs(summary["memory_error_pct"]) <= TOLERANCE_PCT, summary
+
+
+def test_plan_meets_the_peak_resident_memory_of_a_tiny_dpo_run(tmp_path, long_records, cache_dir):
+    """A DPO micro-batch of 4 pairs is 8 rows of 384 tokens, and a reference pass comes before each step."""
+    records = [json.loads(line) for line in open(long_records / "train.jsonl", encoding="utf-8")]
+    pairs = [{"prompt": r["messages"][0]["content"], "chosen": r["messages"][1]["content"],
+              "rejected": records[(i + 1) % len(records)]["messages"][1]["content"]} for i, r in enumerate(records)]
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for name, part in (("train.jsonl", pairs[:12]), ("val.jsonl", pairs[12:])):
+        (folder / name).write_text("".join(json.dumps(p) + "\n" for p in part), encoding="utf-8")
+    summary = train(tmp_path, "model=tiny", "objective=dpo", f"data.path={folder}", "data.max_seq_length=384",
+                    "hardware.micro_batch_size=4", f"paths.cache_dir={cache_dir}")
+    plan = summary["memory_plan"]
+    assert summary["longest_sequence"] == 384 and plan["sequence_length"] == 384
+    assert "reference" in plan["terms_mb"]
+    assert abs(summary["memory_error_pct"]) <= TOLERANCE_PCT, summary

@@ -258,3 +258,19 @@ def test_sweeps_over_the_objective_and_its_beta(tmp_path, cache_dir):
     margins = [json.loads((tmp_path / "betas" / str(n) / "metrics.jsonl").read_text().splitlines()[-1])
                ["rewards/margin"] for n in (0, 1)]
     assert margins[0] != margins[1]  # beta reached the objective
+
+
+@pytest.mark.parametrize("option", ["dpo", "orpo", "sft"])
+def test_the_planner_knows_which_objectives_read_pairs_and_which_run_a_reference_pass(tiny, make_cfg, option):
+    from llmft.planning.setup import PAIRWISE
+
+    model, _, batch = tiny
+    node = make_cfg([f"objective={option}"]).objective
+    objective = build(node)
+    assert objective.pairs == (node._target_ in PAIRWISE)
+    forwards = []
+    hook = model.get_base_model().register_forward_hook(lambda *_: forwards.append(1))
+    with torch.no_grad():
+        objective.loss_and_figures(model, batch) if objective.pairs else objective.loss_sum(model, batch)
+    hook.remove()
+    assert (len(forwards) == 2) == PAIRWISE.get(node._target_, False)  # the reference's forward, then the policy's

@@ -75,7 +75,7 @@ def attention_saved(s: Setup, d: Dtypes) -> float:
     """Bytes per token that one layer's attention saves.
 
     ``sdpa``: query, key, value and output (``a x d`` per head each) and the log-sum-exp (4 B per head). With
-    padding (a micro-batch above 1) transformers passes a mask, so key and value are repeated to ``n`` heads and
+    padding (a micro-batch of more than one row) transformers passes a mask, so key and value are repeated to ``n`` heads and
     torch converts the boolean mask to a float one per layer (``a x S`` per token); a micro-batch of 1 needs no
     mask and keeps ``k`` heads. ``eager`` keeps the softmax probabilities (fp32, plus a ``c`` copy under autocast:
     ``(4 + c) x n x S`` per token, quadratic in ``S``); ``flash_attention_2`` keeps ``k`` heads and no mask.
@@ -85,7 +85,7 @@ def attention_saved(s: Setup, d: Dtypes) -> float:
     if s.attn_implementation == "eager":
         probs = 4 * n * s.seq_len + (a * n * s.seq_len if a < 4 else 0)
         return 3 * a * n * hd + probs
-    masked = s.micro_batch_size > 1 and s.attn_implementation == "sdpa"
+    masked = s.rows > 1 and s.attn_implementation == "sdpa"
     kv_heads = n if masked else k
     return a * (2 * n * hd + 2 * kv_heads * hd) + 4 * n + (a * s.seq_len if masked else 0)
 

@@ -77,8 +77,21 @@ def plan_memory(s: Setup) -> MemoryPlan:
                           f"the no-grad perplexity pass ({s.eval_batch} x {s.seq_len} tokens, "
                           f"{_eval_activations(s) / (s.eval_batch * s.seq_len) / 1024:.0f} KiB/token"
                           f"{_chunk_note(s)}) peaks above the training step by this"))
+    if s.reference_pass:
+        terms.append(_reference(s, sum(t.bytes for t in fixed), max(train, evaluation)))
     terms.append(_overhead(s, terms))
     return MemoryPlan(setup=s, terms=terms)
+
+
+def _reference(s: Setup, fixed: float, peak: float) -> Term:
+    """DPO's reference pass: a no-grad forward of the micro-batch with the adapter disabled, before the policy's
+    forward and freed before it; the same weights, so it adds only where its transients peak above the rest."""
+    transient = act.eval_bytes(s, s.tokens)
+    excess = max(0.0, fixed + transient - peak)
+    return Term("reference", "reference pass", excess,
+                f"no-grad forward, adapter disabled ({s.rows} x {s.seq_len} tokens, "
+                f"{transient / 2**20:.0f} MiB of transients): "
+                + ("peaks above the training step by this" if excess else "within the training step's peak"))
 
 
 def _step_terms(s: Setup):
@@ -87,10 +100,11 @@ def _step_terms(s: Setup):
     rows = act.logit_rows(s, tokens)
     logits_stage = act.logits_per_token(s) * rows + act.head_cast_bytes(s) + act.chunked_hidden_bytes(s, tokens)
     parts = act.activations_per_token(s)
-    shared = s.micro_batch_size * s.seq_len ** 2 if (s.micro_batch_size > 1 and s.attn_implementation == "sdpa") \
+    shared = s.rows * s.seq_len ** 2 if (s.rows > 1 and s.attn_implementation == "sdpa") \
         else 0  # transformers' boolean padding mask, one for all layers
     shared += _dora_transient(s) + act.weight_copies(s)
-    where = f"{s.micro_batch_size} x {s.seq_len} tokens x {arch.num_hidden_layers} layers"
+    pairs = " (2 rows a pair: chosen and rejected)" if s.rows_per_example == 2 else ""
+    where = f"{s.rows} x {s.seq_len} tokens{pairs} x {arch.num_hidden_layers} layers"
     if not s.gradient_checkpointing:
         per_token = sum(parts.values())
         detail = (f"{where} x {per_token / arch.num_hidden_layers / 1024:.1f} KiB/token/layer (" +
@@ -103,7 +117,7 @@ def _step_terms(s: Setup):
         final = 4 * arch.hidden_size + (8 if arch.family == "phi" else 4)
         recompute = d.logits * arch.vocab_size * rows + layer * tokens
         extra = max(0.0, recompute - logits_stage - final * tokens)
-        detail = (f"checkpointing: {arch.num_hidden_layers} layer inputs x {s.micro_batch_size} x {s.seq_len} x "
+        detail = (f"checkpointing: {arch.num_hidden_layers} layer inputs x {s.rows} x {s.seq_len} x "
                   f"{d.residual * arch.hidden_size / 1024:.1f} KiB, and one layer recomputed in the backward pass "
                   f"({layer * tokens / 2**20:.0f} MiB{', inside the loss peak' if extra == 0 else ''}); "
                   f"{s.attn_implementation}")
@@ -148,7 +162,7 @@ def _overhead(s: Setup, terms: List[Term]) -> Term:
         return Term("overhead", "framework overhead", CUDA_CONTEXT_BYTES + slack,
                     f"CUDA context {CUDA_CONTEXT_BYTES / GIB:.1f} GiB + allocator reserve "
                     f"{100 * CUDA_ALLOCATOR_SLACK:.0f}% of the peak", unallocated=CUDA_CONTEXT_BYTES + slack)
-    dynamic = sum(t.bytes for t in terms if t.key in ("activations", "logits", "evaluation"))
+    dynamic = sum(t.bytes for t in terms if t.key in ("activations", "logits", "evaluation", "reference"))
     return Term("overhead", "framework overhead", CPU_BASELINE_BYTES + CPU_RETENTION * dynamic,
                 f"CPU process {CPU_BASELINE_BYTES / GIB:.1f} GiB (Python, torch, transformers, tokenizer, data) + "
                 f"{100 * CPU_RETENTION:.0f}% of activations and logits that the heap keeps resident")

@@ -24,7 +24,8 @@ def describe(plan: MemoryPlan) -> str:
     return (f"{s.arch.model_type} {s.arch.total_params() / 1e6:,.1f}M params, vocab {s.arch.vocab_size:,} "
             f"(figures: {s.arch.source})\n"
             f"hardware={s.profile}: {s.device}, {s.precision}, {quant}, LoRA r={s.lora.r} on {targets}"
-            f"{' (DoRA)' if s.lora.use_dora else ''}; micro-batch {s.micro_batch_size} x "
+            f"{' (DoRA)' if s.lora.use_dora else ''}; micro-batch {s.micro_batch_size}"
+            f"{' pairs (2 rows each)' if s.rows_per_example == 2 else ''} x "
             f"{s.gradient_accumulation_steps} accumulation, sequence {s.seq_len}, {s.attn_implementation}, "
             f"{'gradient checkpointing' if s.gradient_checkpointing else 'no checkpointing'}, "
             f"{s.optimizer.rsplit('.', 1)[-1]}")

@@ -12,6 +12,9 @@ from llmft.quantization import scheme
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 GIB = 2**30
+# The objectives that read preference pairs (each pair: two rows of one batch, llmft.data.pairs.pair_collate) and
+# whether each runs a reference pass (tests/test_preference.py checks this against the classes)
+PAIRWISE = {"llmft.objectives.DPO": True, "llmft.objectives.ORPO": False}
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ class Setup:
     gradient_checkpointing: bool = False
     attn_implementation: str = "sdpa"
     loss_chunk_tokens: int = 0               # objective.chunk_tokens: the chunked loss (llmft.loss); 0: full logits
+    rows_per_example: int = 1                # 2 for a preference objective: a pair's chosen and rejected rows
+    reference_pass: bool = False             # DPO: a no-grad forward with the adapter disabled before each step
     optimizer: str = "torch.optim.AdamW"
     optimizer_kwargs: Tuple[Tuple[str, Any], ...] = ()
     eval_batch_size: int = 0                 # the perplexity evaluator's batch; 0: none
@@ -90,12 +95,17 @@ class Setup:
     @property
     def eval_batch(self) -> int:
         """The largest batch of a no-grad validation pass (0: none)."""
-        return max(self.eval_batch_size, self.micro_batch_size if self.eval_during_training else 0)
+        return max(self.eval_batch_size, self.rows if self.eval_during_training else 0)
+
+    @property
+    def rows(self) -> int:
+        """Sequences of one micro-batch: ``micro_batch_size``, twice that for pairs (both replies in one batch)."""
+        return self.micro_batch_size * self.rows_per_example
 
     @property
     def tokens(self) -> int:
         """Tokens of one micro-batch: sequences are padded to the longest, at most ``data.max_seq_length``."""
-        return self.micro_batch_size * self.seq_len
+        return self.rows * self.seq_len
 
 
 def setup_from_cfg(cfg: DictConfig) -> Setup:
@@ -121,7 +131,7 @@ def setup_from_cfg(cfg: DictConfig) -> Setup:
         gradient_accumulation_steps=int(hw["gradient_accumulation_steps"]),
         seq_len=int(data["data"]["max_seq_length"]), gradient_checkpointing=bool(hw["gradient_checkpointing"]),
         attn_implementation=str(model.get("attn_implementation", "sdpa")),
-        loss_chunk_tokens=int((data.get("objective") or {}).get("chunk_tokens") or 0),
+        loss_chunk_tokens=int((data.get("objective") or {}).get("chunk_tokens") or 0), **_objective(data),
         optimizer=str(optimizer.pop("_target_")),
         optimizer_kwargs=tuple(sorted((k, v) for k, v in optimizer.items() if not k.startswith("_"))),
         budget_gb=float(hw["memory_budget_gb"]), profile=str(hw["name"]), **_eval_settings(data))
@@ -131,6 +141,14 @@ def _plain(cfg: DictConfig, key: str) -> Any:
     """A node of ``cfg`` as plain, resolved Python values (only the nodes the plan reads are resolved)."""
     node = OmegaConf.select(cfg, key)
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def _objective(data: Mapping[str, Any]) -> Dict[str, Any]:
+    """Rows per example and the reference pass of the configured objective (``PAIRWISE``)."""
+    target = str((data.get("objective") or {}).get("_target_", ""))
+    if target not in PAIRWISE:
+        return {}
+    return {"rows_per_example": 2, "reference_pass": PAIRWISE[target]}
 
 
 def _eval_settings(data: Mapping[str, Any]) -> Dict[str, Any]:
