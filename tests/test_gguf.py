@@ -164,6 +164,6 @@ def test_llama3_rope_scaling_goes_into_rope_freqs_as_llama_cpp_reads_it(tmp_path
     ids = torch.arange(100, 300).reshape(1, -1)
     with torch.no_grad():
         expected = model(ids).logits
-        assert (back(ids).logits - expected).abs().max() > 1e-2  # plain RoPE: the test can tell
+        assert (back(ids).logits - expected).abs().max() > 1e-3  # plain RoPE parts (logits of 0.2 here)
         assert apply_rope_factors(back, tmp_path / "l.gguf")
         assert torch.allclose(back(ids).logits, expected, atol=1e-5)
