@@ -100,7 +100,7 @@ def _strip(pieces: Iterator[str]) -> Iterator[str]:
 
 def load(path: str):
     """``(model, tokenizer, run config or None, has adapter)`` from a run folder, an export or a merged folder."""
-    from llmft.export.exporter import load_quietly
+    from llmft.export.loading import load_quietly
     from llmft.runs import RunFolderError, open_run
 
     folder = Path(path).expanduser()
@@ -194,6 +194,9 @@ def main(argv=None) -> None:
     if args.max_new_tokens is not None and args.max_new_tokens < 1 or (args.temperature or 0) < 0:
         parser.error("--max-new-tokens must be at least 1 and --temperature at least 0 (0: greedy)")
     logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    from llmft.quiet import quiet_libraries
+
+    quiet_libraries()  # before the libraries load: bitsandbytes' kernel notice, progress bars off a terminal
     import transformers
 
     transformers.utils.logging.disable_progress_bar()

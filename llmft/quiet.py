@@ -5,9 +5,11 @@ Each entry says why it is noise; a message that could mean a wrong result (bitsa
 4-bit weights on the CPU, for one) is kept.
 """
 
+import importlib
 import logging
 import os
 import sys
+from functools import partial
 from typing import Tuple
 
 # (logger, message start): why it is noise.
@@ -17,6 +19,14 @@ NOISE: Tuple[Tuple[str, str], ...] = (
     ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),
     # rouge_score (through absl logging), each time a ROUGE scorer is built: once per scored answer.
     ("absl", "Using default tokenizer."),
+)
+
+# (module, its name for tqdm): plain tqdm bars that transformers' disable_progress_bar() leaves on. Why noise: a
+# bar redrawn per tensor, hundreds of lines in a log file, for a step that takes seconds and says nothing else.
+BARS: Tuple[Tuple[str, str], ...] = (
+    # transformers reading a GGUF file ("Converting and de-quantizing GGUF tensors..."): the SmolLM2 fallback's
+    # first load, and llmft-export --gguf's check.
+    ("transformers.modeling_gguf_pytorch_utils", "tqdm"),
 )
 
 
@@ -45,9 +55,14 @@ def quiet_libraries(verbose: bool = False) -> None:
         if not any(isinstance(f, DropMessage) and f.prefix == prefix for f in logger.filters):
             logger.addFilter(DropMessage(prefix))
     if not sys.stderr.isatty():
-        os.environ.setdefault("TQDM_DISABLE", "1")  # plain tqdm bars (the GGUF conversion's): read at tqdm's import
+        os.environ.setdefault("TQDM_DISABLE", "1")  # plain tqdm bars of modules imported later: read at tqdm's import
         import datasets
         import transformers
 
         datasets.disable_progress_bars()
         transformers.utils.logging.disable_progress_bar()
+        for module, name in BARS:  # already imported, where TQDM_DISABLE came too late: off at the source
+            owner = importlib.import_module(module)
+            bar = getattr(owner, name)
+            if not isinstance(bar, partial):
+                setattr(owner, name, partial(bar, disable=True))

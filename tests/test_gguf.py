@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerFast
 from llmft.export import export_run
 from llmft.export.gguf_export import _check_tokenizer
 from llmft.export.gguf_vocab import vocab_writer
-from llmft.export.gguf_writer import GGUFError, check_supported, write_gguf
+from llmft.export.gguf_writer import GGUFError, apply_rope_factors, check_supported, write_gguf
 from llmft.export.parity import ParityError, check_parity, sample_conversation
 from tests.conftest import realdata
 from tests.test_export import tiny_run  # noqa: F401  (the module-scoped finished tiny run)
@@ -65,6 +65,7 @@ def test_a_failed_check_writes_nothing_and_the_cli_says_why(tiny_run):  # noqa: 
     assert result.returncode == 2 and "above the tolerance 0 for q8_0" in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and not target.exists()
     assert not list(tiny_run.glob(".never.partial-*"))
+    assert "de-quantizing" not in result.stderr  # transformers' GGUF reading bar, off where stderr is no terminal
 
 
 def test_a_tiny_qwen2_with_its_real_tokenizer_and_biases_reads_back(tmp_path):
@@ -98,11 +99,10 @@ def test_a_tiny_qwen2_with_its_real_tokenizer_and_biases_reads_back(tmp_path):
 def test_an_unsupported_architecture_or_tokenizer_is_refused_in_one_paragraph():
     with pytest.raises(GGUFError, match=r"architecture 'phi'.*llama and qwen2 .*--merge"):
         check_supported(PhiConfig())
-    llama3 = LlamaConfig(rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 32.0,
-                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                          "original_max_position_embeddings": 8192})  # Llama 3.2's
-    with pytest.raises(GGUFError, match="RoPE scaling 'llama3'"):
-        check_supported(llama3)
+    yarn = Qwen2Config(rope_parameters={"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0,
+                                        "original_max_position_embeddings": 32768})  # Qwen2.5's long-context option
+    with pytest.raises(GGUFError, match="RoPE scaling 'yarn'.* llama3 RoPE scaling"):
+        check_supported(yarn)
     word_level = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, "<unk>")))
     with pytest.raises(GGUFError, match="byte-level .* SentencePiece-style .* this one is WordLevel"):
         vocab_writer(word_level, 2, None)
@@ -140,3 +140,30 @@ def test_a_sentencepiece_vocabulary_round_trips_and_the_check_catches_what_gguf_
     empty = {"input_ids": torch.zeros((0, 1), dtype=torch.long), "attention_mask": torch.zeros((0, 1))}
     with pytest.raises(GGUFError, match=r"encodes '<\|system\|>.* differently .* from token 1: run \[\d+"):
         _check_tokenizer(tokenizer, reader, empty, sample_conversation("Be brief."))
+
+
+def test_llama3_rope_scaling_goes_into_rope_freqs_as_llama_cpp_reads_it(tmp_path):
+    """A tiny random Llama with Llama 3.2's RoPE scaling (its original context shrunk to 32 so that the scaling
+    shows within a short text): transformers' GGUF reader builds plain RoPE and leaves ``rope_freqs`` unread, so
+    its logits part from the model's; dividing its frequencies by the file's factors, as llama.cpp does, gives the
+    model's logits back."""
+    tokenizer = AutoTokenizer.from_pretrained(realdata("tokenizers", "qwen2-instruct"))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 32.0,
+                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                          "original_max_position_embeddings": 32})
+    model = LlamaForCausalLM(config).eval()
+    check_supported(config)
+    write_gguf(model, tmp_path / "l.gguf", "f32", "tiny-llama3", vocab_writer(tokenizer, config.vocab_size, None))
+    factors = gguf.GGUFReader(tmp_path / "l.gguf").get_tensor(-1)
+    assert factors.name == "rope_freqs.weight" and factors.data.shape == (8,)  # head_dim 16: 8 frequencies
+    assert factors.data[0] == 1.0 and factors.data[-1] == 32.0  # high frequencies kept, low ones divided by 32
+    back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="l.gguf", dtype=torch.float32).eval()
+    ids = torch.arange(100, 300).reshape(1, -1)
+    with torch.no_grad():
+        expected = model(ids).logits
+        assert (back(ids).logits - expected).abs().max() > 1e-3  # plain RoPE parts (logits of 0.2 here)
+        assert apply_rope_factors(back, tmp_path / "l.gguf")
+        assert torch.allclose(back(ids).logits, expected, atol=1e-5)

@@ -3,14 +3,12 @@
 import argparse
 import json
 import logging
-import sys
-
-import transformers
 
 from llmft.config.precheck import fail
 from llmft.errors import LlmftError
 from llmft.export.exporter import TOLERANCE, export_run
 from llmft.export.gguf_export import TOLERANCE as GGUF_TOLERANCE
+from llmft.quiet import quiet_libraries
 
 
 def main(argv=None) -> None:
@@ -35,8 +33,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.gguf_tolerance is not None and args.gguf is None:
         parser.error("--gguf-tolerance applies to a GGUF export: add --gguf TYPE")
-    if not sys.stderr.isatty():  # in a log file, progress bars are noise: keep the plain lines
-        transformers.utils.logging.disable_progress_bar()
+    quiet_libraries()  # in a log file, progress bars are noise: keep the plain lines
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     try:
         out = export_run(args.run_dir, args.out, args.merge, args.force, args.dtype, args.tolerance, args.gguf,

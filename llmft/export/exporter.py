@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import shutil
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -21,10 +20,11 @@ from llmft.evaluation.generation import generate
 from llmft.export.gguf_export import ANSWER_TOKENS, export_gguf
 from llmft.export.gguf_export import TOLERANCE as GGUF_TOLERANCE
 from llmft.export.gguf_writer import check_supported
+from llmft.export.loading import load_quietly
 from llmft.export.parity import sample_conversation
 from llmft.export.probes import Probes, held_aside, max_logit_difference, probe_batch, validation_records
 from llmft.hardware import run_device
-from llmft.runs import FinishedRun, load_with_adapter, open_run
+from llmft.runs import FinishedRun, open_run
 
 log = logging.getLogger(__name__)
 TOLERANCE = {"float32": 1e-3, "bfloat16": 0.5, "float16": 0.1}  # max |logit| difference; 16-bit rounds weights
@@ -152,15 +152,6 @@ def _check_device(device: str) -> None:
     if device == "cuda" and not torch.cuda.is_available():
         raise ExportError("--device cuda needs a CUDA GPU, and this machine has none (or torch was installed without "
                           "CUDA). Leave --device out to merge and check on the CPU, which any machine can do.")
-
-
-def load_quietly(run: FinishedRun, **kwargs):
-    """``load_with_adapter`` without the noise of libraries on the way, which asks nothing of a user:
-    bitsandbytes' optional CPU kernel package, and peft calling a name transformers 5 deprecated."""
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return load_with_adapter(run, **kwargs)
 
 
 @torch.no_grad()

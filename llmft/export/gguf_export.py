@@ -17,8 +17,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmft.evaluation.generation import generate, stop_token_ids
 from llmft.export.gguf_vocab import vocab_writer
-from llmft.export.gguf_writer import GGUFError, write_gguf
-from llmft.export.modelfile import gguf_card, modelfile, template_style
+from llmft.export.gguf_writer import GGUFError, apply_rope_factors, write_gguf
+from llmft.export.modelfile import chat_template_pieces, gguf_card, modelfile
 from llmft.export.parity import check_parity
 from llmft.export.probes import Probes
 
@@ -56,9 +56,11 @@ def export_gguf(merged, tokenizer, folder: Path, qtype: str, probes: Probes, bas
     write_gguf(merged, path, qtype, base, vocab_writer(
         tokenizer, merged.config.vocab_size, parity["end_of_turn_id"]))
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=path.name, dtype=torch.float32).eval()
+    rope_freqs = apply_rope_factors(model, path)  # Llama 3 RoPE scaling, which transformers' reader leaves out
     reader = AutoTokenizer.from_pretrained(folder, gguf_file=path.name)
     report = {"gguf": "gguf/model.gguf", "gguf_type": qtype, "gguf_bytes": path.stat().st_size,
-              "gguf_tolerance": tolerance, "parity": parity, **_logit_figures(model, probes.batch, probes.reference)}
+              "gguf_tolerance": tolerance, "parity": parity, "gguf_rope_freqs": rope_freqs,
+              **_logit_figures(model, probes.batch, probes.reference)}
     _check_tokenizer(tokenizer, reader, probes.batch, probes.conversation)
     stop_ids = _check_stops(path, parity["end_of_turn_id"])
     report["gguf_stop_tokens"] = tokenizer.convert_ids_to_tokens(stop_ids)
@@ -72,13 +74,13 @@ def export_gguf(merged, tokenizer, folder: Path, qtype: str, probes: Probes, bas
     model.generation_config.eos_token_id = stop_ids  # llama.cpp stops at every end-of-generation token of the file
     gguf_answers = generate(model, reader, prompts, max_new_tokens=ANSWER_TOKENS)
     report["gguf_answers"] = [{"prompt": p[-1]["content"], "adapter": a, "merged": m, "gguf": g,
-                               "same_leading_tokens": _same_leading_tokens(tokenizer, m, g)}
+                               **_parting(merged, tokenizer, p, m, g, parity["end_of_turn_id"])}
                               for p, a, m, g in zip(prompts, probes.adapter_answers, merged_answers, gguf_answers)]
     report["gguf_greedy_matches"] = sum(m == g for m, g in zip(merged_answers, gguf_answers))
-    style = template_style(tokenizer, probes.prompts[0] if probes.prompts else probes.conversation[:-1])
-    (folder / "Modelfile").write_text(modelfile(report["gguf_stop_tokens"], probes.system_prompt, style,
-                                                        probes.sampling))
-    (folder / "README.md").write_text(gguf_card(base, qtype, style, report))
+    template = chat_template_pieces(tokenizer, probes.prompts[0] if probes.prompts else probes.conversation[:-1])
+    (folder / "Modelfile").write_text(modelfile(report["gguf_stop_tokens"], probes.system_prompt, template,
+                                                probes.sampling))
+    (folder / "README.md").write_text(gguf_card(base, qtype, template, report))
     log.info("GGUF %s: %.1f MB, max |logit difference| %.3g of the range (tolerance %.3g), %d of %d greedy answers "
              "as the merged model's", qtype, report["gguf_bytes"] / 1e6, report["gguf_relative_logit_difference"],
              tolerance, report["gguf_greedy_matches"], len(prompts))
@@ -108,10 +110,18 @@ def _check_tokenizer(tokenizer, reader, probes: dict, conversation: List[dict]) 
                             "nothing was written.")
 
 
-def _same_leading_tokens(tokenizer, a: str, b: str) -> int:
-    """How many tokens two answers share before they part (all of them when equal)."""
-    ids_a, ids_b = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (a, b))
-    return next((i for i, (x, y) in enumerate(zip(ids_a, ids_b)) if x != y), min(len(ids_a), len(ids_b)))
+@torch.no_grad()
+def _parting(merged, tokenizer, conversation: List[dict], a: str, b: str, end_of_turn: int) -> dict:
+    """Where two answers part: the tokens they share, and the merged model's margin there - its logit for the
+    token it chose minus its logit for the one the GGUF chose (a near tie is one the GGUF's rounding may tip)."""
+    ids_a, ids_b = (tokenizer(t, add_special_tokens=False)["input_ids"] + [end_of_turn] for t in (a, b))
+    at = next((i for i, (x, y) in enumerate(zip(ids_a, ids_b)) if x != y), None)
+    if at is None:
+        return {"same_leading_tokens": len(ids_a) - 1, "margin_where_parted": None}
+    prompt = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] + ids_a[:at]
+    logits = merged(torch.tensor([ids], device=merged.device)).logits[0, -1].float()
+    return {"same_leading_tokens": at, "margin_where_parted": float(logits[ids_a[at]] - logits[ids_b[at]])}
 
 
 def _check_stops(path: Path, end_of_turn: int) -> List[int]:

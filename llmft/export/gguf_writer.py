@@ -2,13 +2,14 @@
 
 The architecture's hyper-parameters go under its own keys (``llama.block_count``, ``qwen2.context_length``...),
 tensor names come from ``gguf``'s name map for the architecture, and the weights are stored as ``f32``, ``f16``,
-``bf16`` or ``q8_0`` (``gguf.quants``); norms and biases stay f32, as llama.cpp keeps them. The tokenizer's
-metadata is written by :mod:`llmft.export.gguf_vocab`.
+``bf16`` or ``q8_0`` (``gguf.quants``); norms and biases stay f32, as llama.cpp keeps them. Llama 3's RoPE
+scaling (``rope_type: llama3``) goes, as llama.cpp reads it, into a ``rope_freqs`` tensor: one factor per
+frequency that llama.cpp divides it by. The tokenizer's metadata is written by :mod:`llmft.export.gguf_vocab`.
 """
 
 import logging
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import gguf
 import numpy as np
@@ -18,6 +19,8 @@ from llmft.errors import LlmftError
 
 logging.getLogger("gguf.gguf_writer").setLevel(logging.WARNING)  # its INFO lines: endianness, tensor counts
 ARCHITECTURES = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}
+ROPE_TYPES = {"llama": ("default", "llama3"), "qwen2": ("default",)}  # rope_type each architecture is written with
+ROPE_FREQS = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
 TYPES = {  # --gguf choice: (tensor type of matrices, file type written to general.file_type)
     "f32": (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
     "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
@@ -33,13 +36,13 @@ class GGUFError(LlmftError):
 def check_supported(config) -> None:
     """Raise ``GGUFError`` for an architecture or a RoPE variant this writer does not handle."""
     rope = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
-    if config.model_type not in ARCHITECTURES or rope != "default":
+    if config.model_type not in ARCHITECTURES or rope not in ROPE_TYPES[config.model_type]:
         what = f"architecture {config.model_type!r}" if config.model_type not in ARCHITECTURES \
             else f"RoPE scaling {rope!r}"
         raise GGUFError(
-            f"GGUF export does not support the {what}: it writes plain-RoPE {' and '.join(ARCHITECTURES)} models "
-            "(SmolLM2, TinyLlama, Qwen2/Qwen2.5), the ones transformers' GGUF reader can check. Export the "
-            "adapter or the merged model instead (llmft-export RUN --merge) and convert that with llama.cpp's "
+            f"GGUF export does not support the {what}: it writes {' and '.join(ARCHITECTURES)} models with plain "
+            "RoPE (SmolLM2, TinyLlama, Qwen2/Qwen2.5) or, for llama, Llama 3's llama3 RoPE scaling (Llama 3.2). "
+            "Export the adapter or the merged model instead (llmft-export RUN --merge) and convert that with llama.cpp's "
             "convert_hf_to_gguf.py; nothing was written.")
 
 
@@ -103,6 +106,32 @@ def _tensors(model, arch, matrix_type) -> Iterable[Tuple[str, np.ndarray, gguf.G
             groups = config.num_attention_heads if ".attn_q." in gguf_name else config.num_key_value_heads
             data = _rope_rows(data, groups)
         yield (gguf_name, *_encode(data, matrix_type))
+    factors = rope_factors(model)
+    if factors is not None:
+        yield ROPE_FREQS, factors, gguf.GGMLQuantizationType.F32
+
+
+def rope_factors(model) -> Optional[np.ndarray]:
+    """Llama 3 RoPE scaling as llama.cpp's ``rope_freqs``: each plain RoPE frequency divided by transformers' own
+    llama3-scaled one (None for plain RoPE)."""
+    rotary = model.model.rotary_emb
+    if rotary.rope_type == "default":
+        return None
+    plain, _ = rotary.compute_default_rope_parameters(model.config)
+    return (plain.float() / rotary.original_inv_freq.float().cpu()).numpy().astype(np.float32)
+
+
+def apply_rope_factors(model, path: Path) -> bool:
+    """Divide the frequencies of ``model`` (read from ``path`` by transformers, whose GGUF reader builds plain RoPE
+    and leaves ``rope_freqs`` unread) by the file's factors, as llama.cpp does; True when the file has them."""
+    tensor = next((t for t in gguf.GGUFReader(path).tensors if t.name == ROPE_FREQS), None)
+    if tensor is None:
+        return False
+    rotary = model.model.rotary_emb
+    factors = torch.from_numpy(np.array(tensor.data, dtype=np.float32)).to(rotary.inv_freq.device)
+    for buffer in (rotary.inv_freq, rotary.original_inv_freq):
+        buffer.div_(factors)
+    return True
 
 
 def _state_dict(model) -> Dict[str, torch.Tensor]:
