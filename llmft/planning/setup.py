@@ -10,6 +10,9 @@ from llmft.hardware import resolve_precision
 from llmft.planning.arch import Arch, Linear, find_arch
 from llmft.quantization import scheme
 
+# known by import path, as the planner imports no torch (tests/test_targets_by_identity.py resolves them)
+PERPLEXITY_TARGETS = ("llmft.evaluation.Perplexity", "llmft.evaluation.perplexity.Perplexity")
+
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 GIB = 2**30
 # The objectives that read preference pairs (each pair: two rows of one batch, llmft.data.pairs.pair_collate) and
@@ -153,12 +156,8 @@ def _objective(data: Mapping[str, Any]) -> Dict[str, Any]:
 
 def _eval_settings(data: Mapping[str, Any]) -> Dict[str, Any]:
     """The perplexity evaluator's batch and key, and whether the loop validates during training."""
-    from hydra.utils import get_class
-
-    from llmft.evaluation import Perplexity
-
     found = [(name, node.get("batch_size", 8)) for name, node in (data.get("eval") or {}).items()
-             if isinstance(node, dict) and issubclass(get_class(str(node["_target_"])), Perplexity)]
+             if isinstance(node, dict) and node.get("_target_") in PERPLEXITY_TARGETS]
     name, batch = found[0] if found else ("", 0)
     return {"eval_batch_size": int(batch), "eval_batch_key": f"eval.{name}.batch_size" if name else "",
             "eval_during_training": bool((data.get("trainer") or {}).get("eval_every"))}
