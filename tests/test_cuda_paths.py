@@ -178,12 +178,12 @@ def test_skipped_scaler_steps_are_counted_and_do_not_advance_the_schedule(tmp_pa
 
     from llmft import loop
 
-    def with_scaler(hw):
+    def with_scaler(precision, device, plugin):
         accelerator = Accelerator(cpu=True)
         accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127, growth_interval=1000)
         return accelerator
 
-    monkeypatch.setattr(loop, "_accelerator", with_scaler)
+    monkeypatch.setattr(loop, "make_accelerator", with_scaler)
     model, tok = _tiny_lora(tmp_path)
     data = [{"input_ids": list(range(5 + i, 40 + i))} for i in range(8)]
     trainer = TrainingLoop(learning_rate=1e-3, weight_decay=0.0, num_epochs=1, max_steps=6, warmup_ratio=0.0,
