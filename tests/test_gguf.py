@@ -44,7 +44,7 @@ def test_the_tiny_runs_gguf_reads_back_with_its_tokenizer_template_and_stop_toke
     assert "<|im_start|>" in meta["tokenizer.chat_template"] and tokenizer.eos_token == "<|im_end|>"
     modelfile = (out / "gguf" / "Modelfile").read_text()
     assert modelfile.startswith("FROM ./model.gguf") and 'PARAMETER stop "<|im_end|>"' in modelfile
-    assert "<|im_start|>{{ .Role }}" in modelfile and 'SYSTEM """You are a concise' in modelfile
+    assert "<|im_start|>{{ $m.Role }}" in modelfile and 'SYSTEM """You are a concise' in modelfile
     assert "PARAMETER temperature 0" in modelfile  # greedy, as the run evaluated
     assert "ollama create" in (out / "gguf" / "README.md").read_text()
 
