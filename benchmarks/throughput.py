@@ -37,11 +37,12 @@ SYSTEMS = {
     "llmft-packed": ("llmft", ["data.packing=true"]),
     "llmft-lean": ("llmft", ["hardware.gradient_checkpointing=true"]),
 }
-# llmft with one lever off at a time (precision, length grouping, chunked loss), to see what each gives
+# llmft with one lever off at a time (precision, length grouping, chunked loss, fused LoRA), to see what each gives
 LEVERS = {
     "llmft-fp32": ("llmft", ["hardware.precision=fp32"]),
     "llmft-ungrouped": ("llmft", ["data.group_by_length=false"]),
     "llmft-one-chunk": ("llmft", ["objective.chunk_tokens=1000000"]),
+    "llmft-unfused": ("llmft", ["hardware.fused_lora=false"]),
 }
 DEFAULT_SYSTEMS = ["hf-fp32", "hf-bf16", "trl-packing", "llmft-default", "llmft-packed", "llmft-lean"]
 

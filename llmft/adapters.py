@@ -8,6 +8,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import PreTrainedModel
 
+from llmft.fused_lora import fuse_lora
+
 log = logging.getLogger(__name__)
 CHECKPOINTING = {"use_reentrant": False}
 
@@ -43,7 +45,8 @@ def _trainable_in_fp32(model: PeftModel) -> None:
             param.data = param.data.float()
 
 
-def apply_lora(model: PreTrainedModel, lora_config: LoraConfig, gradient_checkpointing: bool) -> PeftModel:
+def apply_lora(model: PreTrainedModel, lora_config: LoraConfig, gradient_checkpointing: bool,
+               fused: bool = False) -> PeftModel:
     """Wrap ``model`` with trainable LoRA adapters; only the adapters require grad afterwards.
 
     Quantized bases go through ``peft.prepare_model_for_kbit_training`` (norms in fp32, input grads on), which is
@@ -53,6 +56,7 @@ def apply_lora(model: PreTrainedModel, lora_config: LoraConfig, gradient_checkpo
         model: the loaded base model.
         lora_config: the adapters' configuration (``conf/lora/*.yaml``).
         gradient_checkpointing: recompute activations in the backward pass.
+        fused: compute plain LoRA layers with their base as one function (``llmft.fused_lora``).
 
     Returns:
         The ``PeftModel``.
@@ -72,6 +76,8 @@ def apply_lora(model: PreTrainedModel, lora_config: LoraConfig, gradient_checkpo
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         peft_model = get_peft_model(model, lora_config)
     _trainable_in_fp32(peft_model)
+    if fused:
+        fuse_lora(peft_model)
     trainable, total = peft_model.get_nb_trainable_parameters()
     log.info("LoRA r=%s on %s: %s trainable of %s parameters (%.3f%%)", lora_config.r,
              sorted(peft_model.peft_config["default"].target_modules), f"{trainable:,}", f"{total:,}",

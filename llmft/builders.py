@@ -44,14 +44,21 @@ def build_model(cfg: DictConfig, device: str, quantized: bool = True, dtype: Opt
 def with_new_adapter(cfg: DictConfig, loaded, device: str):
     """``loaded``'s model with fresh trainable adapters (``cfg.lora``), on ``device`` unless quantized (where the
     weights already are)."""
-    return _placed(apply_lora(loaded.model, build(cfg.lora), cfg.hardware.gradient_checkpointing), loaded, device)
+    return _placed(apply_lora(loaded.model, build(cfg.lora), cfg.hardware.gradient_checkpointing,
+                              cfg.hardware.get("fused_lora", False)), loaded, device)
 
 
-def with_saved_adapter(loaded, adapter, device: str):
-    """``loaded``'s model with the adapter saved in the folder ``adapter``, on ``device``, for inference."""
+def with_saved_adapter(loaded, adapter, device: str, fused: bool = False):
+    """``loaded``'s model with the adapter saved in the folder ``adapter``, on ``device``, for inference; with
+    ``fused``, its plain LoRA layers computed as training computed them (``llmft.fused_lora``)."""
     from peft import PeftModel
 
-    return _placed(PeftModel.from_pretrained(loaded.model, adapter), loaded, device).eval()
+    from llmft.fused_lora import fuse_lora
+
+    model = PeftModel.from_pretrained(loaded.model, adapter)
+    if fused:
+        fuse_lora(model)
+    return _placed(model, loaded, device).eval()
 
 
 def _placed(model, loaded, device: str):

@@ -96,4 +96,5 @@ def load_with_adapter(run: FinishedRun, quantized: bool = True, dtype: Optional[
 
     device = device or load_device(run.cfg.hardware.device)
     loaded = build_model(run.cfg, device, quantized=quantized, dtype=dtype)
-    return with_saved_adapter(loaded, adapter or run.adapter, device), loaded
+    fused = run.cfg.hardware.get("fused_lora", False)  # run folders from before the option: peft's forward
+    return with_saved_adapter(loaded, adapter or run.adapter, device, fused), loaded

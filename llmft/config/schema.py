@@ -75,6 +75,8 @@ class HardwareConf:
     micro_batch_size: int = rule(8, "sequences per forward pass", ge=1)
     gradient_accumulation_steps: int = rule(1, "micro-batches per optimizer step", ge=1)
     gradient_checkpointing: bool = rule(False, "recompute activations in the backward pass to save memory")
+    fused_lora: bool = rule(True, "compute each plain LoRA layer and its frozen base as one function "
+                            "(llmft/fused_lora.py); false: peft's own forward")
     memory_budget_gb: float = rule(MISSING, "memory the run may use, in GB of 2^30 bytes (a 6 GB card: 6)", gt=0.0)
     optimizer: Any = rule(MISSING, "a partial optimizer _target_; the trainer adds lr and weight_decay")
     preflight: bool = rule(True, "plan memory before loading and stop a run whose plan exceeds the budget "
