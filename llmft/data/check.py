@@ -133,7 +133,7 @@ def report_tokens(stats: Dict[str, Any], max_seq_length: int) -> List[str]:
 def check_tokens(cfg, records: Sequence[dict]) -> List[str]:
     """Print how the selected model's tokenizer (and template) sees ``records``; return the refusals."""
     from llmft.data.templates import use_chat_template
-    from llmft.data.tokenizer import load_tokenizer
+    from llmft.models.tokenizer import load_tokenizer
 
     tokenizer, source = load_tokenizer(cfg.model, cfg.paths.cache_dir)
     template = use_chat_template(tokenizer, cfg.data.fallback_template, cfg.data.chat_template)

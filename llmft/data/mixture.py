@@ -18,6 +18,7 @@ import numpy
 from omegaconf import OmegaConf
 
 from llmft.data.convert import Collector
+from llmft.data.reading import read_path
 from llmft.errors import DataError
 
 KEYS = ("path", "data_format", "format_args", "weight", "max_records")
@@ -30,8 +31,6 @@ def read_mixture(sources: Sequence[Mapping[str, Any]], collector: Collector, val
     Raises:
         DataError: a source is malformed, names an unknown format, or gives no training record.
     """
-    from llmft.data.splits import read_path
-
     parts, report = [], []
     for number, source in enumerate(sources):
         source = _checked(number, source)

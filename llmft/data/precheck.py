@@ -5,7 +5,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from llmft.data.splits import locate  # the selection rule itself (a fast import: no torch, no datasets)
+from llmft.data.reading import locate  # the selection rule itself (a fast import: no torch, no datasets)
 from llmft.errors import ConfigError, DataError
 
 

@@ -17,7 +17,7 @@ import orjson
 from llmft.data.convert import Collector
 from llmft.data.datasets_io import hub_id, is_saved_dataset
 from llmft.data.formats import auto
-from llmft.data.splits import assign_splits, data_files, display_name, locate, split_sizes
+from llmft.data.reading import assign_splits, data_files, display_name, locate, split_sizes
 from llmft.errors import DataError
 
 SPLITS = ("train", "val", "test")

@@ -4,7 +4,7 @@ its output for the whole (ChatML, Llama 3, Phi-3, Qwen2 ...) works unchanged; a 
 reorders a turn is refused with what to do (``RenderError``).
 """
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from transformers import PreTrainedTokenizerBase
 
@@ -30,6 +30,14 @@ def _common_prefix(a: str, b: str, markers: Sequence[str]) -> int:
     return end
 
 
+def render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], tools: Optional[Sequence[dict]] = None,
+           **kwargs: Any) -> str:
+    """The chat template's text of ``messages``, the conversation's function definitions passed as ``tools=``
+    (None when it defines none); ``kwargs`` go to ``apply_chat_template`` (``add_generation_prompt=True``)."""
+    return tokenizer.apply_chat_template(list(messages), tools=list(tools) if tools else None, tokenize=False,
+                                         **kwargs)
+
+
 class RenderError(DataError):
     """The chat template cannot render a conversation faithfully (a dropped, merged or reordered turn)."""
 
@@ -47,19 +55,15 @@ def render_spans(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict],
     Raises:
         RenderError: the template drops, merges or reorders a turn.
     """
-    def render(part: Sequence[dict], **kwargs) -> str:
-        return tokenizer.apply_chat_template(list(part), tools=list(tools) if tools else None, tokenize=False,
-                                             **kwargs)
-
-    full = render(messages)
+    full = render(tokenizer, messages, tools)
     check_rendered(tokenizer, full, messages, tools)
     markers = [str(t) for t in tokenizer.added_tokens_decoder.values()]
     spans, done = [], 0
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt = render(messages[:i], add_generation_prompt=True)
-        end = _common_prefix(render(messages[: i + 1]), full, markers)
+        prompt = render(tokenizer, messages[:i], tools, add_generation_prompt=True)
+        end = _common_prefix(render(tokenizer, messages[: i + 1], tools), full, markers)
         if not full.startswith(prompt) or len(prompt) < done or end <= len(prompt):
             raise RenderError(f"{template_name(tokenizer)} renders the conversation up to message {i} differently "
                               "from the conversation itself (it merges or reorders turns), so the assistant's "

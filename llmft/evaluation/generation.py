@@ -4,6 +4,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from llmft.data.rendering import render
+
 
 def stop_token_ids(model, tokenizer) -> List[int]:
     """The tokenizer's EOS and every EOS the model's generation config names (e.g. ``<|im_end|>`` and
@@ -16,10 +18,9 @@ def stop_token_ids(model, tokenizer) -> List[int]:
 def chat_prompts(tokenizer, conversations: Sequence[Sequence[Dict[str, Any]]],
                  tools: Optional[Sequence[Optional[Sequence[dict]]]] = None) -> List[str]:
     """The text the model answers each conversation from: the chat template with the generation prompt, and the
-    conversation's function definitions (``tools[i]``; None: none) passed as ``tools=``, as training renders them
-    (``llmft.data.tokenize.render_spans``), so that a tool-calling record is prompted as it was trained."""
-    return [tokenizer.apply_chat_template(list(c), tools=list(tools[i]) if tools and tools[i] else None,
-                                          tokenize=False, add_generation_prompt=True)
+    conversation's function definitions (``tools[i]``; None: none) passed as ``tools=``, rendered as training
+    renders them (``llmft.data.rendering.render``), so that a tool-calling record is prompted as it was trained."""
+    return [render(tokenizer, c, tools[i] if tools else None, add_generation_prompt=True)
             for i, c in enumerate(conversations)]
 
 

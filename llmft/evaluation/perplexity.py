@@ -5,11 +5,11 @@ import math
 import torch
 
 from llmft.data import pad_collate
-from llmft.evaluation.data import EvalData, evaluating, longest_first
+from llmft.evaluation.data import BatchedEvaluator, EvalData, evaluating
 from llmft.loss import lm_loss_sum
 
 
-class Perplexity:
+class Perplexity(BatchedEvaluator):
     """Token-weighted mean cross-entropy over the labelled (assistant) tokens of the validation split, and its exp.
 
     The loss is the training loss's computation (``llmft.loss.lm_loss_sum``): no full logits, only the labelled
@@ -20,10 +20,6 @@ class Perplexity:
         chunk_tokens: labelled positions projected to the vocabulary at once.
     """
 
-    def __init__(self, batch_size: int = 8, chunk_tokens: int = 2048):
-        self.batch_size = batch_size
-        self.chunk_tokens = chunk_tokens
-
     @torch.no_grad()
     def __call__(self, model, tokenizer, data: EvalData) -> dict:
         """Return ``eval_loss``, ``perplexity``, ``num_samples`` and ``total_tokens`` of the split (nothing for an
@@ -31,12 +27,11 @@ class Perplexity:
         dataset = data.tokenized
         if len(dataset) == 0:
             return {}
-        order = longest_first([len(dataset[i]["input_ids"]) for i in range(len(dataset))])
+        lengths = [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
         loss_sum, tokens = 0.0, 0
         with evaluating(model) as device:
-            for start in range(0, len(order), self.batch_size):
-                batch = pad_collate([dataset[i] for i in order[start:start + self.batch_size]], tokenizer.pad_token_id)
-                summed, count = lm_loss_sum(model, {k: v.to(device) for k, v in batch.items()}, self.chunk_tokens)
+            for _, batch in self.batches(dataset, lengths, pad_collate, tokenizer.pad_token_id, device):
+                summed, count = lm_loss_sum(model, batch, self.chunk_tokens)
                 loss_sum, tokens = loss_sum + float(summed), tokens + count
         loss = loss_sum / max(tokens, 1)
         return {"eval_loss": loss, "perplexity": math.exp(min(loss, 700.0)), "num_samples": len(dataset),

@@ -6,12 +6,12 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from llmft.data.pairs import pair_collate, pair_lengths
-from llmft.evaluation.data import EvalData, evaluating, longest_first
+from llmft.evaluation.data import BatchedEvaluator, EvalData, evaluating
 from llmft.loss import sequence_logps
 from llmft.objectives.preference import reference_model
 
 
-class PreferenceAccuracy:
+class PreferenceAccuracy(BatchedEvaluator):
     """Preference accuracy and reward margin on the validation pairs (nothing when the data are not pairs).
 
     For a model with its adapter active, the implicit DPO reward of a reply is its log-probability minus the base
@@ -25,10 +25,6 @@ class PreferenceAccuracy:
         batch_size: pairs per forward pass (two rows each).
         chunk_tokens: labelled positions projected to the vocabulary at once.
     """
-
-    def __init__(self, batch_size: int = 8, chunk_tokens: int = 2048):
-        self.batch_size = batch_size
-        self.chunk_tokens = chunk_tokens
 
     @torch.no_grad()
     def __call__(self, model, tokenizer, data: EvalData) -> dict:
@@ -51,12 +47,9 @@ class PreferenceAccuracy:
     def logps(self, model, tokenizer, pairs) -> Tuple[torch.Tensor, torch.Tensor]:
         """The summed log-probabilities of the chosen and the rejected reply of every pair, in dataset order."""
         device = next(model.parameters()).device
-        order = longest_first(pair_lengths(pairs))
         out = torch.zeros(len(pairs), 2, dtype=torch.float64)
-        for start in range(0, len(order), self.batch_size):
-            indices = order[start:start + self.batch_size]
-            batch = pair_collate([pairs[i] for i in indices], tokenizer.pad_token_id)
-            sums, _ = sequence_logps(model, {k: v.to(device) for k, v in batch.items()}, self.chunk_tokens)
+        for indices, batch in self.batches(pairs, pair_lengths(pairs), pair_collate, tokenizer.pad_token_id, device):
+            sums, _ = sequence_logps(model, batch, self.chunk_tokens)
             out[indices] = sums.double().cpu().view(2, -1).T
         return out[:, 0], out[:, 1]
 
