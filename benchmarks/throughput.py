@@ -108,7 +108,7 @@ def main(argv=None) -> None:
     parser.add_argument("--systems", help=f"comma-separated, from {', '.join([*SYSTEMS, *LEVERS])} (default: "
                         f"{', '.join(DEFAULT_SYSTEMS)}, and the lever ablations with --llmft-levers)")
     parser.add_argument("--llmft-levers", action="store_true",
-                        help="also run llmft with one lever off at a time: fp32, no length grouping, one chunk")
+                        help="also run llmft with one lever off at a time: fp32, no length grouping, one chunk, unfused LoRA")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--micro-batch", type=int, default=8)
     args = parser.parse_args(argv)

@@ -132,8 +132,10 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
     set_seed(cfg.seed)  # the adapters' initial weights do not depend on what loading did (a first-run conversion)
     model = with_new_adapter(cfg, loaded, hardware.device)
     evaluators = build_evaluators(cfg)
+    started = time.perf_counter()
     base = _base_results(cfg, recorder.output_dir / "base_eval.json", resume, evaluators, model, tokenizer,
                          eval_data)
+    base_eval_s = time.perf_counter() - started
     loop, lengths = build(cfg.trainer), objective.lengths(train_set)
     validate_fn = functools.partial(_validation, cfg, Perplexity(hardware.micro_batch_size), tokenizer=tokenizer,
                                     data=eval_data)
@@ -149,7 +151,9 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
                       validate=validate_fn if len(eval_data.tokenized) else None,
                       checkpoints=CheckpointStore(recorder.output_dir / "checkpoints", cfg.trainer.keep_checkpoints),
                       resume=resume, resume_command=resume_command)
+    started = time.perf_counter()
     tuned = evaluate(cfg, evaluators, model, tokenizer, eval_data, base=False)
+    eval_s = time.perf_counter() - started
     report = build_eval_report(base, tuned)
     recorder.write_json("eval_report.json", report)
     _save_outputs(recorder.output_dir, model, tokenizer, samples_markdown(report, f"{loaded.name}: base vs fine-tuned"))
@@ -164,7 +168,8 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
             "perplexity": report.get("perplexity"), "base_perplexity": report["base"].get("perplexity"),
             "answer_means": report.get("answer_means"),
             "trainable_params": trainable, "total_params": total, "tokens_per_s": round(result.tokens_per_s, 1),
-            "train_duration_s": round(result.duration_s, 1),
+            "train_duration_s": round(result.duration_s, 1), "base_eval_duration_s": round(base_eval_s, 1),
+            "eval_duration_s": round(eval_s, 1),
             "longest_sequence": max(max(lengths), longest_sequence(eval_data.tokenized))}
 
 

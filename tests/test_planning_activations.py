@@ -14,6 +14,7 @@ from peft import LoraConfig
 from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
 from llmft.adapters import apply_lora
+from llmft.hardware import weights_dtype
 from llmft.planning import activations as act
 from llmft.planning.arch import from_config
 from llmft.planning.setup import LoraSpec, Setup
@@ -34,6 +35,16 @@ CASES = {
     "qwen2 (qkv bias)": dict(model_type="qwen2"),
     "phi, resid dropout, all-linear": dict(model_type="phi", num_key_value_heads=6, resid_pdrop=0.1,
                                            targets="all-linear"),
+    "fused, fp32, all-linear": dict(fused=True, dropout=0.0, targets="all-linear"),
+    "fused, bf16, all-linear": dict(fused=True, dropout=0.0, precision="bf16", targets="all-linear"),
+    "fused, bf16": dict(fused=True, dropout=0.0, precision="bf16"),
+    "fused, qwen2 (qkv bias), bf16, all-linear": dict(fused=True, dropout=0.0, precision="bf16", model_type="qwen2",
+                                                      targets="all-linear"),
+    "fused, phi, bf16, all-linear": dict(fused=True, dropout=0.0, precision="bf16", model_type="phi",
+                                         num_key_value_heads=6, targets="all-linear"),
+    "fused, eager attention, bf16, all-linear": dict(fused=True, dropout=0.0, precision="bf16", attn="eager",
+                                                     targets="all-linear"),
+    "fused on, dropout (peft's forward)": dict(fused=True),
 }
 
 
@@ -65,14 +76,16 @@ def test_the_activation_formulas_match_what_autograd_saves(tmp_path, case):
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.bfloat16 if c.get("precision") == "bf16" else torch.float32) \
         if c.get("quantization") else None
-    model = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=quant, dtype=torch.float32,
+    dtype = "float32" if quant else weights_dtype(c.get("precision", "fp32"), "cpu")  # as the pipeline loads it
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=quant, dtype=getattr(torch, dtype),
                                                  attn_implementation=c.get("attn", "sdpa"),
                                                  **({"device_map": {"": "cpu"}} if quant else {}))
     targets = c.get("targets", ("q_proj", "v_proj"))
     lora = LoraSpec(r=8, target_modules=targets, lora_dropout=c.get("dropout", 0.05), use_dora=c.get("dora", False))
     model = apply_lora(model, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, lora_dropout=lora.lora_dropout,
                                          target_modules=targets if isinstance(targets, str) else list(targets),
-                                         use_dora=lora.use_dora), gradient_checkpointing=False)
+                                         use_dora=lora.use_dora), gradient_checkpointing=False,
+                       fused=c.get("fused", False))
     model.train()
     ids = torch.randint(0, SHAPE["vocab_size"], (batch, seq))
     mask = torch.ones(batch, seq, dtype=torch.long)
@@ -81,7 +94,8 @@ def test_the_activation_formulas_match_what_autograd_saves(tmp_path, case):
 
     setup = Setup(arch=from_config({**shape, "model_type": model_type}, "test"), lora=lora, device="cpu",
                   precision=c.get("precision", "fp32"), quantization=c.get("quantization"), double_quant=True,
-                  micro_batch_size=batch, seq_len=seq, attn_implementation=c.get("attn", "sdpa"))
+                  micro_batch_size=batch, seq_len=seq, attn_implementation=c.get("attn", "sdpa"),
+                  fused_lora=c.get("fused", False))
     tokens = batch * seq
     padding_mask = batch * seq * seq if batch > 1 and setup.attn_implementation == "sdpa" else 0
     predicted = (sum(act.activations_per_token(setup).values()) * tokens + padding_mask + act.weight_copies(setup)

@@ -45,18 +45,26 @@ def dtypes(s: Setup) -> Dtypes:
                   logits=c if s.autocast else w)
 
 
-def lora_saved(s: Setup, d: Dtypes, targets: Iterable[Linear], input_grad: bool) -> float:
-    """Bytes per token that LoRA branches fed by one tensor save.
+def lora_saved(s: Setup, d: Dtypes, targets: Iterable[Linear], input_grad: bool, input_bytes: int,
+               saved_already: bool = False) -> float:
+    """Bytes per token that LoRA branches fed by one tensor (of ``input_bytes`` per element) save.
 
-    Per target: the input of ``lora_A`` (``lora_in x in``; with dropout 0 and no autocast the targets share the
-    tensor itself), the dropout mask (``mask_bytes x in``, only when dropout > 0 and the input carries a gradient),
-    and the
-    output of ``lora_A`` (``lora_in x r``, kept by ``lora_B``). DoRA also keeps the base and LoRA outputs of the
-    layer (``2 x linear x out``) for its magnitude's gradient.
+    Fused (``Setup.fused``): each target keeps its input in the compute dtype (the tensor itself, shared by the
+    targets, when it already is, and nothing new when another operation ``saved_already`` it; else a copy each)
+    and ``x A^T`` (``r`` values). peft's forward, per target: the
+    input of ``lora_A`` (``lora_in x in``; with dropout 0 and no autocast the targets share the tensor itself), the
+    dropout mask (``mask_bytes x in``, only when dropout > 0 and the input carries a gradient), and the output of
+    ``lora_A`` (``lora_in x r``, kept by ``lora_B``). DoRA also keeps the base and LoRA outputs of the layer
+    (``2 x linear x out``) for its magnitude's gradient.
     """
     targets = list(targets)
     if not targets:
         return 0.0
+    if s.fused:
+        c = s.compute_bytes if s.autocast else input_bytes
+        inputs = [lin.in_features * c for lin in targets]
+        kept = (0 if saved_already else max(inputs)) if input_bytes == c else sum(inputs)
+        return kept + len(targets) * s.lora.r * c
     inputs = [lin.in_features * d.lora_in for lin in targets]
     kept = max(inputs) if (s.lora.lora_dropout == 0 and not s.autocast) else sum(inputs)
     masks = sum(lin.in_features for lin in targets) * mask_bytes(s, 4) if (s.lora.lora_dropout > 0 and input_grad) \
@@ -108,19 +116,20 @@ def layer_saved(s: Setup, d: Dtypes, input_grad: bool = True) -> Dict[str, float
     h, i = s.arch.hidden_size, s.arch.intermediate_size
     norm = 4 * h + (8 if s.arch.family == "phi" else 4)
     parts["norms"] += norm if input_grad else 0
-    parts["lora"] += lora_saved(s, d, chosen["attn_in"], input_grad)
+    parts["lora"] += lora_saved(s, d, chosen["attn_in"], input_grad, d.residual)
     attn_grad = input_grad or bool(short & {"q_proj", "k_proj", "v_proj"})
     parts["attention"] += attention_saved(s, d) if attn_grad else 0
-    parts["lora"] += lora_saved(s, d, chosen["attn_out"], attn_grad)
+    # sdpa's output, which it saves, is the output projection's input (its transpose is contiguous); eager copies
+    parts["lora"] += lora_saved(s, d, chosen["attn_out"], attn_grad, d.attention, s.attn_implementation != "eager")
     out_grad = attn_grad or bool(short & {"o_proj", "dense"})
     if s.arch.family == "phi":
         return _phi_mlp(s, d, parts, chosen, short, input_grad, out_grad)
     mid_grad = input_grad or out_grad
     parts["norms"] += norm if mid_grad else 0
-    parts["lora"] += lora_saved(s, d, chosen["mlp_in"], mid_grad)
+    parts["lora"] += lora_saved(s, d, chosen["mlp_in"], mid_grad, d.residual)
     gate, up = mid_grad or "gate_proj" in short, mid_grad or "up_proj" in short
     parts["mlp"] += d.linear * i * (2 * gate + up)
-    parts["lora"] += lora_saved(s, d, chosen["mlp_act"], gate or up)
+    parts["lora"] += lora_saved(s, d, chosen["mlp_act"], gate or up, d.linear)
     return parts
 
 
@@ -129,7 +138,7 @@ def _phi_mlp(s: Setup, d: Dtypes, parts, chosen, short, input_grad: bool, attn_o
     fc1 = input_grad or "fc1" in short
     cuda_autocast = s.autocast and s.device == "cuda"  # CUDA autocast runs pow in fp32; the CPU's does not
     parts["mlp"] += i * ((12 + d.linear) if cuda_autocast else 4 * d.linear) if fc1 else 0
-    parts["lora"] += lora_saved(s, d, chosen["mlp_act"], fc1)
+    parts["lora"] += lora_saved(s, d, chosen["mlp_act"], fc1, d.linear)
     fc2 = fc1 or "fc2" in short
     if s.arch.resid_pdrop > 0:  # the residual dropout's masks (phi-2: resid_pdrop 0.1)
         parts["mlp"] += h * (mask_bytes(s, d.attention) * attn_out_grad + mask_bytes(s, d.linear) * fc2)
@@ -187,6 +196,8 @@ def weight_copies(s: Setup) -> float:
     the first layer's attention inputs (one layer's worth with checkpointing, which recomputes them layer by
     layer). bitsandbytes layers dequantize on the fly and keep nothing.
     """
+    if s.fused:
+        return _fused_weight_copies(s)
     if not s.autocast:
         return 0.0
     c = s.compute_bytes
@@ -198,6 +209,25 @@ def weight_copies(s: Setup) -> float:
         return lora + sum(n for n, _ in per_layer) * c
     first = sum(n for n, fed in per_layer if fed != "attn_in")
     return lora + (first + sum(n for n, _ in per_layer) * (s.arch.num_hidden_layers - 1)) * c
+
+
+def _fused_weight_copies(s: Setup) -> float:
+    """What the fused LoRA layers keep of their weights, per call: ``A`` in the compute dtype (a copy under
+    autocast), ``scaling x B`` (always a new tensor) and, where the base weights are wider than what autocast
+    computes in, the base weight's copy (in every layer: the function saves it whether or not its input needs a
+    gradient); the layers LoRA does not target follow autocast's rule (``weight_copies``)."""
+    c, layers = s.compute_bytes if s.autocast else s.weight_bytes, s.arch.num_hidden_layers
+    targets = s.lora.targets(s.arch)
+    per_layer = sum(s.lora.r * (lin.in_features * (c if s.autocast else 0) + lin.out_features * c)
+                    for lin in targets)
+    if s.autocast and s.weight_bytes > c:
+        per_layer += sum(lin.in_features * lin.out_features * c for lin in targets)
+        others = [lin for lin in s.arch.linears() if lin not in targets]
+        first = sum(lin.in_features * lin.out_features for lin in others if lin.fed_by != "attn_in")
+        every = sum(lin.in_features * lin.out_features for lin in others)
+        per_layer_others = every * (layers - 1) + (every if s.gradient_checkpointing else first)
+        return per_layer * layers + per_layer_others * c
+    return per_layer * layers
 
 
 def eval_bytes(s: Setup, tokens: int) -> float:

@@ -61,6 +61,7 @@ class Setup:
     gradient_accumulation_steps: int = 1
     seq_len: int = 512
     gradient_checkpointing: bool = False
+    fused_lora: bool = False                 # hardware.fused_lora (llmft.fused_lora)
     attn_implementation: str = "sdpa"
     loss_chunk_tokens: int = 0               # objective.chunk_tokens: the chunked loss (llmft.loss); 0: full logits
     rows_per_example: int = 1                # 2 for a preference objective: a pair's chosen and rejected rows
@@ -87,13 +88,20 @@ class Setup:
     def weight_bytes(self) -> int:
         """Bytes per parameter of the weights that are not quantized.
 
-        The pipeline loads them in the profile's precision on a GPU and in fp32 on the CPU;
-        ``peft.prepare_model_for_kbit_training`` upcasts every fp16/bf16 parameter of a quantized model (embeddings,
-        output head, norms, biases) to fp32.
+        The pipeline loads them in the precision autocast computes in (``llmft.hardware.weights_dtype``: fp32 for
+        fp16 on a CPU); ``peft.prepare_model_for_kbit_training`` upcasts every fp16/bf16 parameter of a quantized
+        model (embeddings, output head, norms, biases) to fp32.
         """
-        if self.quantization or self.device == "cpu":
+        if self.quantization or (self.precision == "fp16" and self.device != "cuda"):
             return 4
         return BYTES[self.precision]
+
+    @property
+    def fused(self) -> bool:
+        """Whether training runs the LoRA targets through ``llmft.fused_lora``: on, with no dropout, no DoRA, no
+        trained bias and an unquantized base (otherwise peft's own forward)."""
+        return (self.fused_lora and self.lora.lora_dropout == 0 and not self.lora.use_dora
+                and self.lora.bias == "none" and not self.quantization)
 
     @property
     def eval_batch(self) -> int:
@@ -133,6 +141,7 @@ def setup_from_cfg(cfg: DictConfig) -> Setup:
         micro_batch_size=int(hw["micro_batch_size"]),
         gradient_accumulation_steps=int(hw["gradient_accumulation_steps"]),
         seq_len=int(data["data"]["max_seq_length"]), gradient_checkpointing=bool(hw["gradient_checkpointing"]),
+        fused_lora=bool(hw.get("fused_lora", False)),
         attn_implementation=str(model.get("attn_implementation", "sdpa")),
         loss_chunk_tokens=int((data.get("objective") or {}).get("chunk_tokens") or 0), **_objective(data),
         optimizer=str(optimizer.pop("_target_")),
