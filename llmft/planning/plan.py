@@ -10,7 +10,7 @@ from llmft.planning.weights import Term, base_weights, gradients, lora_weights, 
 CUDA_CONTEXT_BYTES = 0.5 * GIB   # CUDA context, cuBLAS/cuDNN handles, torch and bitsandbytes kernels (estimate)
 CUDA_ALLOCATOR_SLACK = 0.10      # the caching allocator reserves about this much above what it has allocated
 CPU_BASELINE_BYTES = 0.6 * GIB   # resident memory of a training process before its first step (measured: README)
-CPU_RETENTION = 0.20             # freed activations that glibc's allocator keeps resident (measured: README)
+CPU_RETENTION = 0.50             # freed activations that glibc's allocator keeps resident (fitted: README)
 
 
 @dataclass
