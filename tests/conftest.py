@@ -8,6 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from llmft.config import schema  # noqa: F401  (registers train_schema, as llmft-train's entry point does)
 from llmft.config.location import CONFIG_DIR
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

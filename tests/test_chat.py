@@ -83,11 +83,11 @@ def test_ctrl_c_stops_the_answer_not_the_session(tiny_run):  # noqa: F811
         def flush(self):
             pass
 
-    out, threads = CtrlCOnFirstWords(), set(threading.enumerate())
+    out = CtrlCOnFirstWords()
     started = time.monotonic()
     say(chat, "Tell me everything about pods.", base=False, out=out)
     assert out[-2:] == [" [stopped]", "\n"] and len(out) < 100 and time.monotonic() - started < 60
-    assert chat.history == [] and set(threading.enumerate()) == threads  # the generation thread has ended
+    assert chat.history == [] and not any(t.name.endswith("(_generate)") for t in threading.enumerate())  # it ended
     chat.settings.update(max_new_tokens=4, min_new_tokens=4)
     say(chat, "And a node?", base=False, out=io.StringIO())  # the session goes on: this answer ends and is remembered
     assert [m["role"] for m in chat.history] == ["user", "assistant"]

@@ -92,7 +92,8 @@ def test_tf32_on_ampere_and_newer_only(fake_cuda, monkeypatch):
 
 
 def test_a_runs_weights_reload_at_its_precision_where_its_device_is(fake_cuda, monkeypatch):
-    assert hardware.weights_dtype("fp16", "cuda") == "float16" and hardware.weights_dtype("bf16", "cpu") == "float32"
+    assert hardware.weights_dtype("fp16", "cuda") == "float16" and hardware.weights_dtype("bf16", "cpu") == "bfloat16"
+    assert hardware.weights_dtype("fp16", "cpu") == "float32" and hardware.weights_dtype("fp32", "cuda") == "float32"
     assert hardware.load_device("cuda") == "cuda" and hardware.load_device("cpu") == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert hardware.load_device("cuda") == "cpu"  # a GPU run read on a laptop
