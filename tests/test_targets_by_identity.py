@@ -4,10 +4,10 @@ check that every path the planner knows resolves to the same builder, so the two
 
 from hydra.utils import get_class, get_method
 
-from llmft.evaluation import Perplexity
+from llmft.evaluation import Perplexity, PreferenceAccuracy
 from llmft.models.tiny import build_tiny, is_tiny
 from llmft.planning.arch import TINY_TARGETS
-from llmft.planning.setup import PERPLEXITY_TARGETS, _eval_settings
+from llmft.planning.setup import PERPLEXITY_TARGETS, PREFERENCE_TARGETS, _eval_settings
 
 
 def test_the_tiny_model_is_recognised_under_either_import_path():
@@ -18,6 +18,16 @@ def test_the_tiny_model_is_recognised_under_either_import_path():
 def test_the_planners_import_paths_resolve_to_the_builders():
     assert TINY_TARGETS and all(get_method(target) is build_tiny for target in TINY_TARGETS)
     assert PERPLEXITY_TARGETS and all(get_class(target) is Perplexity for target in PERPLEXITY_TARGETS)
+    assert PREFERENCE_TARGETS and all(get_class(target) is PreferenceAccuracy for target in PREFERENCE_TARGETS)
+
+
+def test_the_preference_evaluators_pairs_are_planned_as_two_rows_when_training_on_pairs():
+    evaluators = {"perplexity": {"_target_": PERPLEXITY_TARGETS[0], "batch_size": 8},
+                  "preference": {"_target_": PREFERENCE_TARGETS[1], "batch_size": 8}}
+    dpo = _eval_settings({"eval": evaluators, "objective": {"_target_": "llmft.objectives.DPO"}})
+    assert (dpo["eval_batch_size"], dpo["eval_batch_key"]) == (16, "eval.preference.batch_size")
+    sft = _eval_settings({"eval": evaluators, "objective": {"_target_": "llmft.objectives.SFT"}})
+    assert (sft["eval_batch_size"], sft["eval_batch_key"]) == (8, "eval.perplexity.batch_size")
 
 
 def test_the_planner_finds_the_perplexity_evaluator_under_either_path():

@@ -12,6 +12,7 @@ from llmft.quantization import scheme
 
 # known by import path, as the planner imports no torch (tests/test_targets_by_identity.py resolves them)
 PERPLEXITY_TARGETS = ("llmft.evaluation.Perplexity", "llmft.evaluation.perplexity.Perplexity")
+PREFERENCE_TARGETS = ("llmft.evaluation.PreferenceAccuracy", "llmft.evaluation.preference.PreferenceAccuracy")
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 GIB = 2**30
@@ -164,9 +165,18 @@ def _objective(data: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def _eval_settings(data: Mapping[str, Any]) -> Dict[str, Any]:
-    """The perplexity evaluator's batch and key, and whether the loop validates during training."""
-    found = [(name, node.get("batch_size", 8)) for name, node in (data.get("eval") or {}).items()
-             if isinstance(node, dict) and node.get("_target_") in PERPLEXITY_TARGETS]
-    name, batch = found[0] if found else ("", 0)
-    return {"eval_batch_size": int(batch), "eval_batch_key": f"eval.{name}.batch_size" if name else "",
+    """The largest no-grad evaluation batch in rows and its config key, and whether the loop validates during
+    training. The perplexity evaluator's batch is its rows; the preference evaluator's batch is pairs, two rows
+    each, and it runs only on pairs (planned when the objective reads pairs)."""
+    pairs = bool(_objective(data))
+    found = []
+    for name, node in (data.get("eval") or {}).items():
+        if not isinstance(node, dict):
+            continue
+        if node.get("_target_") in PERPLEXITY_TARGETS:
+            found.append((int(node.get("batch_size", 8)), name))
+        elif pairs and node.get("_target_") in PREFERENCE_TARGETS:
+            found.append((2 * int(node.get("batch_size", 8)), name))
+    batch, name = max(found) if found else (0, "")
+    return {"eval_batch_size": batch, "eval_batch_key": f"eval.{name}.batch_size" if name else "",
             "eval_during_training": bool((data.get("trainer") or {}).get("eval_every"))}
