@@ -89,7 +89,7 @@ class HardwareConf:
 @dataclass
 class TrainerConf:
     _target_: str = "llmft.loop.TrainingLoop"
-    learning_rate: float = rule(1e-3, "peak learning rate", gt=0.0, le=1.0)
+    learning_rate: float = rule(2e-3, "peak learning rate", gt=0.0, le=1.0)
     weight_decay: float = rule(0.0, "AdamW weight decay", ge=0.0)
     num_epochs: float = rule(2.0, "passes over the training data (ignored when max_steps is set)", gt=0.0)
     max_steps: Optional[int] = rule(None, "optimizer steps to run (null: from num_epochs)", ge=1)
