@@ -85,7 +85,12 @@ def test_ctrl_c_stops_the_answer_not_the_session(tiny_run):  # noqa: F811
 
     out = CtrlCOnFirstWords()
     started = time.monotonic()
-    say(chat, "Tell me everything about pods.", base=False, out=out)
+    # Python's own SIGINT handler, as llmft-chat's process starts with (an earlier test may have left another)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        say(chat, "Tell me everything about pods.", base=False, out=out)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert out[-2:] == [" [stopped]", "\n"] and len(out) < 100 and time.monotonic() - started < 60
     assert chat.history == [] and not any(t.name.endswith("(_generate)") for t in threading.enumerate())  # it ended
     chat.settings.update(max_new_tokens=4, min_new_tokens=4)
