@@ -31,7 +31,8 @@ def workload_overrides(data_dir: Path, max_length: int, micro_batch: int) -> Lis
 
 def dpo_overrides(data_dir: Path, max_length: int, micro_batch: int, steps: int, beta: float) -> List[str]:
     """The DPO workload (``throughput_dpo.py``) as llmft overrides: the pairs of ``pairs.json``, ``steps``
-    optimizer steps, bf16 autocast on fp32 weights (what TRL's ``bf16=True`` does on a CPU), no checkpoints."""
+    optimizer steps, ``hardware.precision=bf16`` (on the cpu profile: bf16 frozen weights under autocast), no
+    checkpoints."""
     return [*shared_overrides(max_length, micro_batch), f"data.path={data_dir / 'pairs.json'}",
             f"data.val_path={data_dir / 'val.json'}", "objective=dpo", f"objective.beta={beta}",
             f"trainer.max_steps={steps}", "hardware.precision=bf16", "trainer.save_every=null"]
