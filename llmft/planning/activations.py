@@ -204,11 +204,17 @@ def weight_copies(s: Setup) -> float:
     lora = sum(n * count for n, _, count in trainable_tensors(s)) * c
     if s.quantization or s.weight_bytes <= c:
         return lora
-    per_layer = [(lin.in_features * lin.out_features, lin.fed_by) for lin in s.arch.linears()]
+    return lora + _base_copies(s, s.arch.linears())
+
+
+def _base_copies(s: Setup, linears: Iterable[Linear]) -> float:
+    """The ``c``-byte copies autocast keeps of the fp32 base weights of ``linears`` (in every layer but the first
+    layer's attention inputs; one layer's worth with checkpointing)."""
+    per_layer = [(lin.in_features * lin.out_features, lin.fed_by) for lin in linears]
     if s.gradient_checkpointing:
-        return lora + sum(n for n, _ in per_layer) * c
+        return sum(n for n, _ in per_layer) * s.compute_bytes
     first = sum(n for n, fed in per_layer if fed != "attn_in")
-    return lora + (first + sum(n for n, _ in per_layer) * (s.arch.num_hidden_layers - 1)) * c
+    return (first + sum(n for n, _ in per_layer) * (s.arch.num_hidden_layers - 1)) * s.compute_bytes
 
 
 def _fused_weight_copies(s: Setup) -> float:
@@ -222,11 +228,7 @@ def _fused_weight_copies(s: Setup) -> float:
                     for lin in targets)
     if s.autocast and s.weight_bytes > c:
         per_layer += sum(lin.in_features * lin.out_features * c for lin in targets)
-        others = [lin for lin in s.arch.linears() if lin not in targets]
-        first = sum(lin.in_features * lin.out_features for lin in others if lin.fed_by != "attn_in")
-        every = sum(lin.in_features * lin.out_features for lin in others)
-        per_layer_others = every * (layers - 1) + (every if s.gradient_checkpointing else first)
-        return per_layer * layers + per_layer_others * c
+        return per_layer * layers + _base_copies(s, [lin for lin in s.arch.linears() if lin not in targets])
     return per_layer * layers
 
 
