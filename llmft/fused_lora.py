@@ -26,6 +26,7 @@ class _LoraLinearFunction(torch.autograd.Function):
                 lora_b: torch.Tensor, scaling: float) -> torch.Tensor:
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        ctx.shapes = (x.shape, x.dtype, lora_a.dtype, lora_b.dtype, scaling)  # the gradients' dtypes: the inputs'
         with torch.autocast(device, enabled=False):
             flat = x.reshape(-1, x.shape[-1]).to(dtype)
             weight, lora_a = weight.to(dtype), lora_a.to(dtype)
@@ -34,7 +35,6 @@ class _LoraLinearFunction(torch.autograd.Function):
             out = flat @ weight.t() if bias is None else torch.addmm(bias.to(dtype), flat, weight.t())
             out.addmm_(down, scaled_b.t())
         ctx.save_for_backward(flat, down, weight, lora_a, scaled_b)
-        ctx.shapes = (x.shape, x.dtype, lora_a.dtype, lora_b.dtype, scaling)
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
