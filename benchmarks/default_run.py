@@ -43,8 +43,10 @@ def figures(summary: dict) -> str:
     means = summary.get("answer_means") or {}
     if means:
         text += f", mean chrF {means['base']['chrf']:.2f} -> {means['finetuned']['chrf']:.2f}"
-    train = summary.get("train_duration_s")
-    return text + (f", training {train:.0f} s" if train else "")
+    parts = [(label, summary.get(key)) for label, key in (("training", "train_duration_s"),
+                                                         ("evaluation before", "base_eval_duration_s"),
+                                                         ("after", "eval_duration_s"))]
+    return text + "".join(f", {label} {seconds:.1f} s" for label, seconds in parts if seconds is not None)
 
 
 def main() -> None:

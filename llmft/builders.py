@@ -3,7 +3,7 @@
 build the model, the adapter, the data and the evaluators here."""
 
 import logging
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -13,6 +13,7 @@ from llmft.data import Splits, load_splits
 from llmft.data.pairs import tokenize_pairs
 from llmft.data.templates import use_chat_template
 from llmft.evaluation import EvalData, run_evaluators
+from llmft.evaluation.generation import can_pair
 from llmft.hardware import autocast, run_device, weights_dtype
 from llmft.objectives import SFT
 
@@ -116,3 +117,27 @@ def evaluate(cfg: DictConfig, evaluators: Dict[str, Any], model, tokenizer, data
     with model.disable_adapter() if base else contextlib.nullcontext(), \
             autocast(cfg.hardware.precision, cfg.hardware.device, device):
         return run_evaluators(evaluators, model, tokenizer, data, "base" if base else "fine-tuned")
+
+
+def unpaired(evaluators: Dict[str, Any], model) -> Dict[str, Any]:
+    """The evaluators that run once per model. The others (those with a ``pair`` method: the answer generators)
+    answer for the base and the fine-tuned model in the same batches after training, when peft can mix the two in
+    one batch (``can_pair``), so generation, a CPU's slowest evaluation, costs about once instead of twice."""
+    if not can_pair(model):
+        return dict(evaluators)
+    return {name: evaluator for name, evaluator in evaluators.items() if not hasattr(evaluator, "pair")}
+
+
+def evaluate_both(cfg: DictConfig, evaluators: Dict[str, Any], model, tokenizer, data: EvalData,
+                  base: Dict[str, dict], device: Optional[str] = None) -> Tuple[Dict[str, dict], Dict[str, dict]]:
+    """The base and the fine-tuned results of every evaluator, in ``evaluators``' order. ``base`` holds the base
+    results of the ``unpaired`` ones (``evaluate(..., base=True)``, before training); the rest is computed now."""
+    solo = unpaired(evaluators, model)
+    tuned = evaluate(cfg, solo, model, tokenizer, data, base=False, device=device)
+    base = dict(base)
+    with autocast(cfg.hardware.precision, cfg.hardware.device, device):
+        for name, evaluator in evaluators.items():
+            if name not in solo:
+                log.info("Evaluating the base and fine-tuned models side by side: %s", name)
+                base[name], tuned[name] = evaluator.pair(model, tokenizer, data)
+    return {name: base[name] for name in evaluators}, {name: tuned[name] for name in evaluators}

@@ -7,9 +7,11 @@ matrix multiplications, took most of a step (``benchmarks/throughput.py``). Here
 multiplications and one accumulating one (``y = x W^T; y += (x A^T)(s B)^T``), and the backward four small ones
 and one accumulating one, all in the autocast dtype; the gradients equal peft's (``tests/test_fused_lora.py``).
 
-Only the plain case is fused: one active adapter, no dropout (or evaluation), no DoRA or other variant, a frozen
+Dropout is peft's own module, applied to the LoRA branch's input before the function (its mask and its backward
+are autograd's); the function then keeps the dropped input instead of the input, which the frozen base's
+gradient does not need. Only the plain case is fused: one active adapter, no DoRA or other variant, a frozen
 ``torch.nn.Linear`` base without trainable bias, no ``lora_bias``, not merged, adapters enabled. Anything else
-(QLoRA's 4-bit bases, ``lora=dora``, dropout while training, mixed-adapter batches) runs peft's own forward.
+(QLoRA's 4-bit bases, ``lora=dora``, mixed-adapter batches) runs peft's own forward.
 """
 
 from typing import Any, Optional
@@ -19,11 +21,13 @@ from peft.tuners.lora import Linear as LoraLinear
 
 
 class _LoraLinearFunction(torch.autograd.Function):
-    """``x W^T + b + s (x A^T) B^T`` with gradients for ``x``, ``A`` and ``B`` only (``W`` and ``b`` frozen)."""
+    """``x W^T + b + s (d A^T) B^T``, ``d`` the dropped input (``x`` itself when ``dropped`` is None), with
+    gradients for ``x``, ``d``, ``A`` and ``B`` only (``W`` and ``b`` frozen)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], lora_a: torch.Tensor,
-                lora_b: torch.Tensor, scaling: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, dropped: Optional[torch.Tensor], weight: torch.Tensor,
+                bias: Optional[torch.Tensor], lora_a: torch.Tensor, lora_b: torch.Tensor,
+                scaling: float) -> torch.Tensor:
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         ctx.shapes = (x.shape, x.dtype, lora_a.dtype, lora_b.dtype, scaling)  # the gradients' dtypes: the inputs'
@@ -31,23 +35,31 @@ class _LoraLinearFunction(torch.autograd.Function):
             flat = x.reshape(-1, x.shape[-1]).to(dtype)
             weight, lora_a = weight.to(dtype), lora_a.to(dtype)
             scaled_b = (lora_b * scaling).to(dtype)
-            down = flat @ lora_a.t()
+            source = flat if dropped is None else dropped.reshape(flat.shape).to(dtype)
+            down = source @ lora_a.t()
             out = flat @ weight.t() if bias is None else torch.addmm(bias.to(dtype), flat, weight.t())
             out.addmm_(down, scaled_b.t())
-        ctx.save_for_backward(flat, down, weight, lora_a, scaled_b)
+        ctx.dropout = dropped is not None
+        ctx.save_for_backward(source, down, weight, lora_a, scaled_b)
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        flat, down, weight, lora_a, scaled_b = ctx.saved_tensors
+        source, down, weight, lora_a, scaled_b = ctx.saved_tensors
         x_shape, x_dtype, a_dtype, b_dtype, scaling = ctx.shapes
         grad = grad.reshape(-1, grad.shape[-1]).to(weight.dtype)
         grad_down = grad @ scaled_b  # [tokens, r]
-        grad_x = (grad @ weight).addmm_(grad_down, lora_a).view(x_shape).to(x_dtype) \
-            if ctx.needs_input_grad[0] else None
-        grad_a = (grad_down.t() @ flat).to(a_dtype) if ctx.needs_input_grad[3] else None
-        grad_b = (grad.t() @ down).mul_(scaling).to(b_dtype) if ctx.needs_input_grad[4] else None
-        return grad_x, None, None, grad_a, grad_b, None
+        grad_x = grad_dropped = None
+        if ctx.dropout:
+            if ctx.needs_input_grad[0]:
+                grad_x = (grad @ weight).view(x_shape).to(x_dtype)
+            if ctx.needs_input_grad[1]:
+                grad_dropped = (grad_down @ lora_a).view(x_shape).to(x_dtype)
+        elif ctx.needs_input_grad[0]:
+            grad_x = (grad @ weight).addmm_(grad_down, lora_a).view(x_shape).to(x_dtype)
+        grad_a = (grad_down.t() @ source).to(a_dtype) if ctx.needs_input_grad[4] else None
+        grad_b = (grad.t() @ down).mul_(scaling).to(b_dtype) if ctx.needs_input_grad[5] else None
+        return grad_x, grad_dropped, None, None, grad_a, grad_b, None
 
 
 class FusedLoraLinear(LoraLinear):
@@ -59,7 +71,9 @@ class FusedLoraLinear(LoraLinear):
             return super().forward(x, *args, **kwargs)
         name = self.active_adapters[0]
         base = self.get_base_layer()
-        return _LoraLinearFunction.apply(x, base.weight, base.bias, self.lora_A[name].weight,
+        dropout = self.lora_dropout[name]
+        dropped = dropout(x) if dropout.training and getattr(dropout, "p", 0) > 0 else None
+        return _LoraLinearFunction.apply(x, dropped, base.weight, base.bias, self.lora_A[name].weight,
                                          self.lora_B[name].weight, self.scaling[name])
 
     def _fusable(self) -> bool:
@@ -71,10 +85,7 @@ class FusedLoraLinear(LoraLinear):
             return False
         if base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
             return False
-        if self.lora_B[name].bias is not None or self.lora_A[name].bias is not None:
-            return False
-        dropout = self.lora_dropout[name]
-        return isinstance(dropout, torch.nn.Identity) or not self.training
+        return self.lora_B[name].bias is None and self.lora_A[name].bias is None
 
 
 def fuse_lora(model: torch.nn.Module) -> int:

@@ -12,8 +12,8 @@ from accelerate.utils import set_seed
 from omegaconf import DictConfig
 from safetensors import SafetensorError
 
-from llmft.builders import (build, build_evaluators, build_model, evaluate, evaluation_data, read_splits,
-                            tokenize_split, with_new_adapter)
+from llmft.builders import (build, build_evaluators, build_model, evaluate, evaluate_both, evaluation_data,
+                            read_splits, tokenize_split, unpaired, with_new_adapter)
 from llmft.checkpoint import CheckpointStore
 from llmft.config.validate import validate
 from llmft.data.batching import epoch_batches
@@ -133,8 +133,8 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
     model = with_new_adapter(cfg, loaded, hardware.device)
     evaluators = build_evaluators(cfg)
     started = time.perf_counter()
-    base = _base_results(cfg, recorder.output_dir / "base_eval.json", resume, evaluators, model, tokenizer,
-                         eval_data)
+    base = _base_results(cfg, recorder.output_dir / "base_eval.json", resume, unpaired(evaluators, model), model,
+                         tokenizer, eval_data)
     base_eval_s = time.perf_counter() - started
     loop, lengths = build(cfg.trainer), objective.lengths(train_set)
     validate_fn = functools.partial(_validation, cfg, Perplexity(hardware.micro_batch_size), tokenizer=tokenizer,
@@ -152,7 +152,7 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
                       checkpoints=CheckpointStore(recorder.output_dir / "checkpoints", cfg.trainer.keep_checkpoints),
                       resume=resume, resume_command=resume_command)
     started = time.perf_counter()
-    tuned = evaluate(cfg, evaluators, model, tokenizer, eval_data, base=False)
+    base, tuned = evaluate_both(cfg, evaluators, model, tokenizer, eval_data, base)
     eval_s = time.perf_counter() - started
     report = build_eval_report(base, tuned)
     recorder.write_json("eval_report.json", report)

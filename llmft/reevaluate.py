@@ -25,7 +25,7 @@ def reevaluate(folder: str, overrides: Sequence[str] = ()) -> Path:
     Raises:
         LlmftError: not a completed run, a bad override, or ``eval=none``.
     """
-    from llmft.builders import build_evaluators, evaluate, evaluation_data, read_splits
+    from llmft.builders import build_evaluators, evaluate, evaluate_both, evaluation_data, read_splits, unpaired
     from llmft.evaluation import build_eval_report, samples_markdown
     from llmft.hardware import load_device
     from llmft.recording import RunRecorder
@@ -39,8 +39,8 @@ def reevaluate(folder: str, overrides: Sequence[str] = ()) -> Path:
     splits = read_splits(cfg)
     data = evaluation_data(cfg, loaded.tokenizer, splits.val)
     evaluators = build_evaluators(cfg)
-    base = evaluate(cfg, evaluators, model, loaded.tokenizer, data, base=True, device=device)
-    tuned = evaluate(cfg, evaluators, model, loaded.tokenizer, data, base=False, device=device)
+    base = evaluate(cfg, unpaired(evaluators, model), model, loaded.tokenizer, data, base=True, device=device)
+    base, tuned = evaluate_both(cfg, evaluators, model, loaded.tokenizer, data, base, device=device)
     report = {**build_eval_report(base, tuned), "overrides": list(overrides)}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = _unused(run.folder / f"eval_report-{stamp}.json")

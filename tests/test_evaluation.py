@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llmft.evaluation import EvalData, Perplexity, build_eval_report, samples_markdown
-from llmft.evaluation.generation import generate
+from llmft.evaluation.generation import can_pair, generate, generate_pairs
 from llmft.evaluation.scores import corpus_scores, score_pairs
 from llmft.builders import build
 from llmft.pipeline import run
@@ -47,6 +47,32 @@ def test_generation_is_greedy_deterministic_and_batching_does_not_change_answers
     assert together == alone  # left padding is masked correctly
     assert together == generate(tiny.model, tiny.tokenizer, conversations, max_new_tokens=12, batch_size=2)
     assert tiny.tokenizer.padding_side == "right"  # restored for training
+
+
+def test_paired_generation_gives_each_model_its_own_answers_and_the_head_a_contiguous_input(tiny):
+    """generate_pairs answers for the base model (adapter off) and the fine-tuned one in the same batches; each
+    half equals what that model alone answers. The output projection sees contiguous inputs (contiguous_head)."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(copy.deepcopy(tiny.model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                                  init_lora_weights=False))
+    assert can_pair(model)
+    conversations = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "a much longer question?"}],
+                     [{"role": "user", "content": "third"}]]
+    seen = []
+    hook = model.get_output_embeddings().register_forward_pre_hook(lambda _, a: seen.append(a[0].is_contiguous()))
+    base, tuned = generate_pairs(model, tiny.tokenizer, conversations, max_new_tokens=12, batch_size=2)
+    hook.remove()
+    assert seen and all(seen)
+    assert tuned == generate(model, tiny.tokenizer, conversations, max_new_tokens=12, batch_size=2)
+    with model.disable_adapter():
+        assert base == generate(model, tiny.tokenizer, conversations, max_new_tokens=12, batch_size=2)
+    assert base != tuned  # the adapter changes the answers, so each half is really told apart
+    dora = get_peft_model(copy.deepcopy(tiny.model), LoraConfig(r=4, target_modules=["q_proj"], use_dora=True))
+    assert not can_pair(dora) and not can_pair(tiny.model)  # peft cannot mix DoRA; a model without adapter
 
 
 def test_metric_modules_load_offline_and_compute_known_values():

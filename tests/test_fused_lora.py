@@ -1,6 +1,7 @@
 """The fused LoRA layer (llmft.fused_lora) computes what peft computes: outputs and gradients equal to 1e-5 in fp32
 on a tiny Llama (with and without a base bias), close under bf16 autocast; and every case it does not fuse falls
-back to peft's own forward (dropout while training, a disabled adapter, a merged one, DoRA)."""
+back to peft's own forward (a disabled adapter, a merged one, DoRA). Dropout is fused too: with the same seed the
+masks are peft's, so the equality holds with dropout while training."""
 
 import copy
 
@@ -32,6 +33,7 @@ def peft_model(bias: bool = False, **lora):
 
 def loss_and_grads(model, batch, autocast: bool = False):
     model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)  # the same dropout masks for both models
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         loss, n = lm_loss_sum(model, batch)
     (loss / n).backward()
@@ -42,10 +44,11 @@ def batch(vocab):
     return pad_collate(records(vocab), pad_token_id=0)
 
 
-@pytest.mark.parametrize("bias", [False, True])
-def test_fused_equals_peft_in_fp32(bias):
-    reference = peft_model(bias)
+@pytest.mark.parametrize("bias,dropout", [(False, 0.0), (True, 0.0), (False, 0.1)])
+def test_fused_equals_peft_in_fp32(bias, dropout):
+    reference = peft_model(bias, lora_dropout=dropout)
     fused = copy.deepcopy(reference)
+    reference.train(), fused.train()
     assert fuse_lora(fused) == 7 * SMALL["num_hidden_layers"]
     data = batch(reference.config.vocab_size)
     loss, grads = loss_and_grads(reference, data)
@@ -88,7 +91,7 @@ def test_what_is_not_fused_runs_peft_forward(monkeypatch):
     fuse_lora(model)
     model.train()
     lm_loss_sum(model, data)
-    assert calls and not any(calls)  # dropout while training: peft's forward
+    assert calls and all(calls)  # dropout while training: fused, peft's dropout module applied first
     calls.clear()
     model.eval()
     with torch.no_grad():

@@ -64,7 +64,8 @@ def test_tiny_activations_and_logits_by_hand(tiny):
     mlp = 3 * 4 * 128                                   # gate, up, silu(gate)
     layer = 2 * norm + lora + attention + mlp
     first = norm + (lora - 2 * 64 * 4) + attention + mlp  # the embeddings carry no gradient: no input norm, no masks
-    expected = (first + layer + norm) * tokens + 8 * 512 * 512  # + the final norm; + the boolean padding mask
+    scaled_b = 2 * 16 * (64 + 32) * 4  # the fused layer keeps s x B of q and v (fp32) in each of the 2 layers
+    expected = (first + layer + norm) * tokens + 8 * 512 * 512 + scaled_b  # + the final norm; + the padding mask
     t = terms(plan_memory(tiny))
     assert t["activations"] == expected
     assert t["logits"] == tokens * 259 * (4 + 4 + 4 + 4)   # logits, log-softmax, its gradient, the loss gradient

@@ -44,7 +44,9 @@ CASES = {
                                          num_key_value_heads=6, targets="all-linear"),
     "fused, eager attention, bf16, all-linear": dict(fused=True, dropout=0.0, precision="bf16", attn="eager",
                                                      targets="all-linear"),
-    "fused on, dropout (peft's forward)": dict(fused=True),
+    "fused, dropout, fp32": dict(fused=True),
+    "fused, dropout, bf16": dict(fused=True, precision="bf16"),
+    "fused, dropout, bf16, all-linear": dict(fused=True, precision="bf16", targets="all-linear"),
 }
 
 

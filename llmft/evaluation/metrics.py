@@ -3,7 +3,7 @@
 from typing import List, Optional, Sequence, Tuple
 
 from llmft.evaluation.data import EvalData
-from llmft.evaluation.generation import generate
+from llmft.evaluation.generation import generate, generate_pairs
 from llmft.evaluation.scores import METRICS, corpus_scores
 
 
@@ -26,10 +26,21 @@ class ReferenceMetrics:
 
     def __call__(self, model, tokenizer, data: EvalData) -> dict:
         """Return ``{"metrics": {name: value}, "num_scored": n}``."""
-        records = data.records[: self.max_samples] if self.max_samples else data.records
-        prompts, tools, references = reference_prompts(records)
-        answers = generate(model, tokenizer, prompts, self.max_new_tokens, self.batch_size, tools=tools)
-        return {"metrics": corpus_scores(answers, references, self.metrics), "num_scored": len(records)}
+        prompts, tools, references = reference_prompts(self._records(data))
+        return self._results(generate(model, tokenizer, prompts, self.max_new_tokens, self.batch_size, tools=tools),
+                             references)
+
+    def pair(self, model, tokenizer, data: EvalData) -> Tuple[dict, dict]:
+        """The base model's results and the fine-tuned model's, answered in the same batches (``generate_pairs``)."""
+        prompts, tools, references = reference_prompts(self._records(data))
+        base, tuned = generate_pairs(model, tokenizer, prompts, self.max_new_tokens, self.batch_size, tools=tools)
+        return self._results(base, references), self._results(tuned, references)
+
+    def _records(self, data: EvalData) -> Sequence[dict]:
+        return data.records[: self.max_samples] if self.max_samples else data.records
+
+    def _results(self, answers: List[str], references: List[str]) -> dict:
+        return {"metrics": corpus_scores(answers, references, self.metrics), "num_scored": len(answers)}
 
 
 def reference_prompts(records: Sequence[dict]) -> Tuple[List[List[dict]], List[Optional[List[dict]]], List[str]]:

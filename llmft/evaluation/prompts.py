@@ -2,10 +2,10 @@
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from llmft.errors import DataError
-from llmft.evaluation.generation import generate
+from llmft.evaluation.generation import generate, generate_pairs
 from llmft.evaluation.scores import score_pairs
 
 
@@ -52,9 +52,20 @@ class PromptAnswers:
 
     def __call__(self, model, tokenizer, data=None) -> dict:
         """Return ``{"answers": [{"prompt", "answer", "reference", "scores"}, ...]}``."""
+        return self._results(generate(model, tokenizer, self._conversations(), self.max_new_tokens,
+                                      self.batch_size, **self.sampling))
+
+    def pair(self, model, tokenizer, data=None) -> Tuple[dict, dict]:
+        """The base model's results and the fine-tuned model's, answered in the same batches (``generate_pairs``)."""
+        base, tuned = generate_pairs(model, tokenizer, self._conversations(), self.max_new_tokens, self.batch_size,
+                                     **self.sampling)
+        return self._results(base), self._results(tuned)
+
+    def _conversations(self) -> List[List[dict]]:
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        conversations = [system + [{"role": "user", "content": p["prompt"]}] for p in self.prompts]
-        texts = generate(model, tokenizer, conversations, self.max_new_tokens, self.batch_size, **self.sampling)
+        return [system + [{"role": "user", "content": p["prompt"]}] for p in self.prompts]
+
+    def _results(self, texts: List[str]) -> dict:
         answers = [{"prompt": p["prompt"], "answer": t, "reference": p["reference"]}
                    for p, t in zip(self.prompts, texts)]
         scored = [a for a in answers if a["reference"]]

@@ -99,9 +99,9 @@ class Setup:
 
     @property
     def fused(self) -> bool:
-        """Whether training runs the LoRA targets through ``llmft.fused_lora``: on, with no dropout, no DoRA, no
-        trained bias and an unquantized base (otherwise peft's own forward)."""
-        return (self.fused_lora and self.lora.lora_dropout == 0 and not self.lora.use_dora
+        """Whether training runs the LoRA targets through ``llmft.fused_lora``: on, with no DoRA, no trained bias
+        and an unquantized base (otherwise peft's own forward)."""
+        return (self.fused_lora and not self.lora.use_dora
                 and self.lora.bias == "none" and not self.quantization)
 
     @property
