@@ -161,6 +161,16 @@ def every_process(accelerator: Accelerator, value: Any) -> Any:
     return value if accelerator.num_processes == 1 else gather_object([value])
 
 
+def each_process(value: Any) -> List[Any]:
+    """``value`` of every process of the run, in rank order (a collective: every process calls it); ``[value]``
+    without a process group."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [value]
+    values: List[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(values, value)
+    return values
+
+
 def own_share(accelerator: Accelerator, saved: Any, what: str) -> Any:
     """This process's entry of what ``every_process`` returned when the checkpoint was written.
 

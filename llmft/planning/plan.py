@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List
 
 from llmft.planning import activations as act
+from llmft.planning import sharding
 from llmft.planning.setup import GIB, Setup
 from llmft.planning.weights import Term, base_weights, gradients, lora_weights, optimizer_states
 
@@ -62,15 +63,17 @@ class MemoryPlan:
                 "total_mb": round(self.total_bytes / mib, 1), "budget_mb": round(self.budget_bytes / mib, 1),
                 "predicted_peak_mb": round(self.predicted_peak_bytes / mib, 1), "fits": self.fits,
                 "verdict": self.verdict, "sequence_length": self.setup.seq_len,
-                "micro_batch_size": self.setup.micro_batch_size, "figures_from": self.setup.arch.source}
+                "micro_batch_size": self.setup.micro_batch_size, "figures_from": self.setup.arch.source,
+                "processes": self.setup.processes, "distributed": self.setup.distributed}
 
 
 def plan_memory(s: Setup) -> MemoryPlan:
     """Plan the peak memory of the run ``s`` describes (see each term's docstring for its formula)."""
-    fixed = [base_weights(s), lora_weights(s), gradients(s), optimizer_states(s)]
+    whole = [base_weights(s), lora_weights(s), gradients(s), optimizer_states(s)]
+    fixed = whole if s.distributed == "none" else sharding.per_device(s, whole)
     activations, logits = _step_terms(s)
     train = sum(t.bytes for t in fixed) + activations.bytes + logits.bytes
-    evaluation = sum(t.bytes for t in fixed if t.key != "gradients") + _eval_activations(s)
+    evaluation = sum(t.bytes for t in fixed if t.key not in ("gradients", "buckets")) + _eval_activations(s)
     terms = fixed + [activations, logits]
     if evaluation > train:
         terms.append(Term("evaluation", "evaluation excess", evaluation - train,
@@ -79,6 +82,10 @@ def plan_memory(s: Setup) -> MemoryPlan:
                           f"{_chunk_note(s)}) peaks above the training step by this"))
     if s.reference_pass:
         terms.append(_reference(s, sum(t.bytes for t in fixed), max(train, evaluation)))
+    if s.distributed in ("fsdp", "fsdp-offload"):
+        base_eval = act.eval_bytes(s, s.eval_batch_size * s.seq_len) if s.eval_batch_size else 0.0
+        terms.append(sharding.before_sharding(s, whole[0].bytes + whole[1].bytes, base_eval,
+                                              sum(t.bytes for t in terms)))
     terms.append(_overhead(s, terms))
     return MemoryPlan(setup=s, terms=terms)
 
