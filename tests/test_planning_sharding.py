@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from llmft.config.validate import validate
 from llmft.errors import ConfigError
 from llmft.planning import plan_memory, setup_from_cfg
 from llmft.planning.setup import process_count
@@ -88,6 +89,14 @@ def test_the_process_count_is_the_launchers_or_hardware_num_processes():
     assert process_count({"num_processes": 4}, {"WORLD_SIZE": "4"}) == 4
     with pytest.raises(ConfigError, match=r"hardware.num_processes=8, but the launcher started 2 processes"):
         process_count({"num_processes": 8}, {"WORLD_SIZE": "2"})
+
+
+def test_llmft_train_refuses_a_process_count_other_than_the_launchers(make_cfg, monkeypatch):
+    cfg = make_cfg(["model=tiny", "hardware.num_processes=8"])
+    validate(cfg, bind_targets=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="drop hardware.num_processes, or launch 8 processes"):
+        validate(cfg, bind_targets=False)
 
 
 def test_llmft_plan_shows_the_plan_of_one_device_of_eight_without_importing_torch():

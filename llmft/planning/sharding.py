@@ -45,7 +45,7 @@ def per_device(s: Setup, fixed: List[Term]) -> List[Term]:
         if t.key == "base_weights":
             held = (layers - whole + root) / n + whole
             detail = (f"1/{n} of the decoder layers and the tail group (embeddings, head, final norm)"
-                      + (f"; the {s.quantization} weights in uint8 storage whole on every process ({_mib(whole)})"
+                      + (f"; the {s.quantization} weights in integer storage whole on every process ({_mib(whole)})"
                          if whole else "") + f"; whole: {_mib(t.bytes)}")
         else:
             held, detail = t.bytes / n, f"1/{n} of {_mib(t.bytes)}: {t.detail}"
