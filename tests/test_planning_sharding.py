@@ -10,6 +10,7 @@ import pytest
 from llmft.config.validate import validate
 from llmft.errors import ConfigError
 from llmft.planning import plan_memory, setup_from_cfg
+from llmft.planning.fit import suggest
 from llmft.planning.setup import process_count
 from tests.test_planning import TINY_LINEAR, TINY_LORA, TINY_PARAMS, terms
 from tests.test_planning_preflight import llmft_plan
@@ -112,3 +113,14 @@ def test_llmft_plan_shows_the_plan_of_one_device_of_eight_without_importing_torc
             "print(sorted(m for m in ('torch', 'transformers', 'peft', 'accelerate') if m in sys.modules))")
     imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert imported.returncode == 0 and imported.stdout.strip() == "[]", imported.stderr
+
+
+def test_under_fsdp_the_qlora_suggestion_is_the_option_fsdp_shards(make_cfg):
+    cfg = ["model=phi-2", "hardware=gtx1660-6gb", "hardware.num_processes=4"]
+    fsdp = plan_memory(setup_from_cfg(make_cfg([*cfg, "distributed=fsdp"])))
+    assert not fsdp.fits and terms(fsdp)["unsharded"] > 3 * 2**30  # loading the whole 5.2 GiB model is the peak
+    [suggestion] = [s for s in suggest(fsdp.setup) if "quantization" in s.changes]
+    assert suggestion.overrides == ["quantization=nf4-sharded"] and suggestion.plan.fits
+    assert suggestion.plan.setup.quant_storage_float
+    ddp = setup_from_cfg(make_cfg([*cfg, "distributed=ddp", "hardware.micro_batch_size=8"]))
+    assert all(s.changes.get("quantization") in (None, "nf4") for s in suggest(ddp))
