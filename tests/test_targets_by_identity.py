@@ -1,6 +1,7 @@
-"""The tiny model, the perplexity evaluator and the FSDP plugin are recognised by what their target resolves to where
-imported anyway (the tokenizer loader), and by import paths in the planner, which imports no torch: these tests
-check that every path the planner knows resolves to the same builder, so the two cannot drift."""
+"""The tiny model, the perplexity evaluator and the FSDP plugin are recognised by what their target resolves to
+where torch is imported anyway (the tokenizer loader, llmft.distributed), and by import paths in the planner, which
+imports no torch: these tests check that every path the planner knows resolves to the same object, so the two cannot
+drift."""
 
 from accelerate.utils import FullyShardedDataParallelPlugin
 from hydra.utils import get_class, get_method
