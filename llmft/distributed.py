@@ -16,6 +16,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, KwargsHandler, gather_object
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
                                                      set_optimizer_state_dict)
+from torch.distributed.fsdp import CPUOffloadPolicy
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from llmft.errors import ConfigError
@@ -41,8 +42,9 @@ def shard_on_cpu(accelerator: Accelerator, plugin: Any) -> None:
 
     Accelerate keeps FSDP for accelerator devices (its CPU processes are always ``MULTI_CPU``, plain DDP), yet
     torch's ``fully_shard`` runs on CPU tensors over gloo: this switches such a state to FSDP with ``plugin``, so
-    that ``prepare``, gradient clipping and ``no_sync`` take accelerate's FSDP2 code, as on GPUs. One process has
-    nothing to shard, and says so.
+    that ``prepare``, gradient clipping and ``no_sync`` take accelerate's FSDP2 code, as on GPUs. Offloading
+    (``fsdp-offload``) keeps its shards in unpinned memory there: pinning needs an accelerator, and the shards are
+    in host memory anyway. One process has nothing to shard, and says so.
     """
     if not isinstance(plugin, FullyShardedDataParallelPlugin):
         return
@@ -52,10 +54,13 @@ def shard_on_cpu(accelerator: Accelerator, plugin: Any) -> None:
     state = accelerator.state
     if state.distributed_type == DistributedType.MULTI_CPU:
         state.distributed_type, state.fsdp_plugin = DistributedType.FSDP, plugin
+        if isinstance(plugin.cpu_offload, CPUOffloadPolicy) and plugin.cpu_offload.pin_memory:
+            plugin.cpu_offload = CPUOffloadPolicy(pin_memory=False)  # pinned memory needs an accelerator
         if accelerator.mixed_precision != "no":
             plugin.set_mixed_precision(accelerator.mixed_precision)
-    log.info("distributed: FSDP%d over %d processes (%s)", plugin.fsdp_version, accelerator.num_processes,
-             accelerator.device.type)
+    offload = ", shards offloaded to host memory" if isinstance(plugin.cpu_offload, CPUOffloadPolicy) else ""
+    log.info("distributed: FSDP%d over %d processes (%s)%s", plugin.fsdp_version, accelerator.num_processes,
+             accelerator.device.type, offload)
 
 
 @contextlib.contextmanager
@@ -159,6 +164,16 @@ def agreed_signal(accelerator: Accelerator, signum: Optional[int]) -> Optional[i
 def every_process(accelerator: Accelerator, value: Any) -> Any:
     """``value`` of this process; with several, the list of every process's, in rank order."""
     return value if accelerator.num_processes == 1 else gather_object([value])
+
+
+def each_process(value: Any) -> List[Any]:
+    """``value`` of every process of the run, in rank order (a collective: every process calls it); ``[value]``
+    without a process group."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [value]
+    values: List[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(values, value)
+    return values
 
 
 def own_share(accelerator: Accelerator, saved: Any, what: str) -> Any:

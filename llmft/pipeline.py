@@ -17,7 +17,7 @@ from llmft.builders import (build, build_evaluators, build_model, evaluate, eval
 from llmft.checkpoint import CheckpointStore
 from llmft.config.validate import validate
 from llmft.data.batching import epoch_batches
-from llmft.distributed import is_main_rank, main_process_goes_first, trainable_state
+from llmft.distributed import each_process, is_main_rank, main_process_goes_first, trainable_state
 from llmft.environment import describe_environment
 from llmft.errors import DeviceUnavailableError
 from llmft.evaluation import Perplexity, build_eval_report, samples_markdown
@@ -81,6 +81,9 @@ def _run_in(folder: RunFolder, cfg: DictConfig, overrides: Sequence[str], resume
         folder.save_config(cfg)
         summary.update(fitted, **emulate_budget(cfg))
         summary.update(_train_and_evaluate(cfg, recorder, resume, resume_command))
+        peaks = each_process(round(peak_memory_mb(cfg.hardware.device), 1))
+        if len(peaks) > 1:  # the run's peak is its largest process's: what each device must hold
+            summary["peak_memory_mb_per_process"] = peaks
         summary["status"] = "completed"
     except DeviceUnavailableError as exc:
         summary.update(status="skipped", error=str(exc))
@@ -97,7 +100,8 @@ def _run_in(folder: RunFolder, cfg: DictConfig, overrides: Sequence[str], resume
         summary.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        peak, reserved = peak_memory_mb(cfg.hardware.device), peak_reserved_mb(cfg.hardware.device)
+        peak = max(summary.get("peak_memory_mb_per_process") or [peak_memory_mb(cfg.hardware.device)])
+        reserved = peak_reserved_mb(cfg.hardware.device)
         summary.update(duration_s=round(time.perf_counter() - start, 1), peak_memory_mb=round(peak, 1),
                        **({"peak_reserved_mb": round(reserved, 1)} if reserved else {}),
                        **memory_summary(plan, summary, peak), output_dir=str(folder.path.resolve()),

@@ -7,6 +7,7 @@ from typing import Any, Optional, Tuple
 NF4, FP4, INT8 = "nf4", "fp4", "int8"
 FOUR_BIT = (NF4, FP4)
 QLORA = NF4  # the option the planner suggests when the weights do not fit (conf/quantization/nf4.yaml)
+QLORA_SHARDED = "nf4-sharded"  # the same under FSDP: stored in the compute dtype, so that it is sharded
 
 
 def scheme(node: Any) -> Tuple[Optional[str], bool]:

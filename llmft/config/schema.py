@@ -84,6 +84,8 @@ class HardwareConf:
     auto_fit: bool = rule(False, "when the plan exceeds the budget, apply the first change that fits (micro-batch, "
                           "checkpointing, NF4, sequence length) and record it in summary.json")
     emulate: bool = rule(False, "on a larger GPU, cap this process's share of GPU memory at the budget")
+    num_processes: Optional[int] = rule(None, "processes training together, one device each, for llmft-plan's "
+                                        "per-device plan (null: the launcher's WORLD_SIZE, or 1)", ge=1)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from llmft.config.schema import TrainConf
 from llmft.config.targets import check_callables, iter_targets
 from llmft.errors import ConfigError
+from llmft.planning.setup import process_count
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
@@ -33,6 +34,7 @@ def validate(cfg: DictConfig, bind_targets: bool = True) -> None:
         ConfigError: with a message that names the key, the value and what is allowed.
     """
     _check_limits(cfg, TrainConf, "")
+    process_count(cfg.hardware)  # hardware.num_processes against the launcher's count
     check_callables(cfg)
     if bind_targets:
         for path, node in iter_targets(cfg):

@@ -2,8 +2,9 @@
 
 In order: a smaller perplexity batch, when the no-grad evaluation is the peak and training alone fits; the
 largest micro-batch that fits, with gradient accumulation raised to keep the effective batch; gradient
-checkpointing; NF4 base weights (QLoRA); a shorter sequence length. Each is tried alone (with the largest
-micro-batch, and evaluation batch, that then fit); when none fits alone, they are combined in that order.
+checkpointing; NF4 base weights (QLoRA; under FSDP ``nf4-sharded``, which FSDP shards); a shorter sequence
+length. Each is tried alone (with the largest micro-batch, and evaluation batch, that then fit); when none fits
+alone, they are combined in that order.
 """
 
 import math
@@ -12,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from llmft.planning.plan import MemoryPlan, plan_memory
 from llmft.planning.setup import Setup
-from llmft.quantization import FOUR_BIT, QLORA
+from llmft.quantization import FOUR_BIT, NF4, QLORA, QLORA_SHARDED
 
 MIN_SEQ_LEN = 64
 WHY = {"hardware.gradient_checkpointing": "recompute activations in the backward pass (steps about 30% slower)",
@@ -36,7 +37,8 @@ class Suggestion:
 
 def suggest(s: Setup) -> List[Suggestion]:
     """Changes that bring the plan of ``s`` within its budget, most preferable first (empty when none does)."""
-    steps = [(key, value) for key, value in (("hardware.gradient_checkpointing", True), ("quantization", QLORA))
+    qlora = QLORA_SHARDED if s.distributed in ("fsdp", "fsdp-offload") else QLORA
+    steps = [(key, value) for key, value in (("hardware.gradient_checkpointing", True), ("quantization", qlora))
              if not (key == "quantization" and s.quantization in FOUR_BIT) and
              not (key == "hardware.gradient_checkpointing" and s.gradient_checkpointing)]
     found = [_with_micro_batch(s, s, {})]
@@ -56,7 +58,8 @@ def suggest(s: Setup) -> List[Suggestion]:
 
 def _apply(s: Setup, changes: Dict[str, Any]) -> Setup:
     if "quantization" in changes:
-        s = replace(s, quantization=changes["quantization"], double_quant=True)
+        s = replace(s, quantization=NF4, double_quant=True,
+                    quant_storage_float=changes["quantization"] == QLORA_SHARDED)
     if "hardware.gradient_checkpointing" in changes:
         s = replace(s, gradient_checkpointing=changes["hardware.gradient_checkpointing"])
     return s

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List
 
 from llmft.planning import activations as act
+from llmft.planning import sharding
 from llmft.planning.setup import GIB, Setup
 from llmft.planning.weights import Term, base_weights, gradients, lora_weights, optimizer_states
 
@@ -11,6 +12,7 @@ CUDA_CONTEXT_BYTES = 0.5 * GIB   # CUDA context, cuBLAS/cuDNN handles, torch and
 CUDA_ALLOCATOR_SLACK = 0.10      # the caching allocator reserves about this much above what it has allocated
 CPU_BASELINE_BYTES = 0.6 * GIB   # resident memory of a training process before its first step (measured: README)
 CPU_RETENTION = 0.50             # freed activations that glibc's allocator keeps resident (fitted: README)
+CPU_STARTUP_COPY = 1.0           # several processes: the whole weights' start-up copy, freed, stays resident (README)
 
 
 @dataclass
@@ -62,15 +64,17 @@ class MemoryPlan:
                 "total_mb": round(self.total_bytes / mib, 1), "budget_mb": round(self.budget_bytes / mib, 1),
                 "predicted_peak_mb": round(self.predicted_peak_bytes / mib, 1), "fits": self.fits,
                 "verdict": self.verdict, "sequence_length": self.setup.seq_len,
-                "micro_batch_size": self.setup.micro_batch_size, "figures_from": self.setup.arch.source}
+                "micro_batch_size": self.setup.micro_batch_size, "figures_from": self.setup.arch.source,
+                "processes": self.setup.processes, "distributed": self.setup.distributed}
 
 
 def plan_memory(s: Setup) -> MemoryPlan:
     """Plan the peak memory of the run ``s`` describes (see each term's docstring for its formula)."""
-    fixed = [base_weights(s), lora_weights(s), gradients(s), optimizer_states(s)]
+    whole = [base_weights(s), lora_weights(s), gradients(s), optimizer_states(s)]
+    fixed = whole if s.distributed == "none" else sharding.per_device(s, whole)
     activations, logits = _step_terms(s)
     train = sum(t.bytes for t in fixed) + activations.bytes + logits.bytes
-    evaluation = sum(t.bytes for t in fixed if t.key != "gradients") + _eval_activations(s)
+    evaluation = sum(t.bytes for t in fixed if t.key not in ("gradients", "buckets")) + _eval_activations(s)
     terms = fixed + [activations, logits]
     if evaluation > train:
         terms.append(Term("evaluation", "evaluation excess", evaluation - train,
@@ -79,6 +83,10 @@ def plan_memory(s: Setup) -> MemoryPlan:
                           f"{_chunk_note(s)}) peaks above the training step by this"))
     if s.reference_pass:
         terms.append(_reference(s, sum(t.bytes for t in fixed), max(train, evaluation)))
+    if s.distributed in ("fsdp", "fsdp-offload"):
+        base_eval = act.eval_bytes(s, s.eval_batch_size * s.seq_len) if s.eval_batch_size else 0.0
+        terms.append(sharding.before_sharding(s, whole[0].bytes + whole[1].bytes, base_eval,
+                                              sum(t.bytes for t in terms)))
     terms.append(_overhead(s, terms))
     return MemoryPlan(setup=s, terms=terms)
 
@@ -154,7 +162,9 @@ def _overhead(s: Setup, terms: List[Term]) -> Term:
     that has imported torch, transformers, peft, accelerate and datasets and holds the tokenizer and the data
     (``CPU_BASELINE_BYTES``), plus what glibc keeps resident of the step's freed temporaries: the activations and
     logits of one step are freed and allocated again in the next, and the heap holds on to a share of them
-    (``CPU_RETENTION``).
+    (``CPU_RETENTION``). With several processes, one copy of the whole base weights made at start-up and freed
+    stays resident too (``CPU_STARTUP_COPY``): FSDP's whole weights once sharded, DDP's broadcast of the parameters
+    from the main process.
     """
     peak = sum(t.bytes for t in terms)
     if s.device == "cuda":
@@ -163,6 +173,10 @@ def _overhead(s: Setup, terms: List[Term]) -> Term:
                     f"CUDA context {CUDA_CONTEXT_BYTES / GIB:.1f} GiB + allocator reserve "
                     f"{100 * CUDA_ALLOCATOR_SLACK:.0f}% of the peak", unallocated=CUDA_CONTEXT_BYTES + slack)
     dynamic = sum(t.bytes for t in terms if t.key in ("activations", "logits", "evaluation", "reference"))
-    return Term("overhead", "framework overhead", CPU_BASELINE_BYTES + CPU_RETENTION * dynamic,
+    startup = CPU_STARTUP_COPY * base_weights(s).bytes if s.processes > 1 else 0.0
+    return Term("overhead", "framework overhead", CPU_BASELINE_BYTES + CPU_RETENTION * dynamic + startup,
                 f"CPU process {CPU_BASELINE_BYTES / GIB:.1f} GiB (Python, torch, transformers, tokenizer, data) + "
-                f"{100 * CPU_RETENTION:.0f}% of activations and logits that the heap keeps resident")
+                f"{100 * CPU_RETENTION:.0f}% of activations and logits that the heap keeps resident"
+                + (f" + the whole base weights' start-up copy, freed and kept resident ({startup / 2**20:.0f} MiB: "
+                   + ("DDP's broadcast of the parameters)" if s.distributed == "ddp" else
+                      "the weights each process loads before sharding)") if startup else ""))

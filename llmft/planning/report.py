@@ -28,7 +28,9 @@ def describe(plan: MemoryPlan) -> str:
             f"{' pairs (2 rows each)' if s.rows_per_example == 2 else ''} x "
             f"{s.gradient_accumulation_steps} accumulation, sequence {s.seq_len}, {s.attn_implementation}, "
             f"{'gradient checkpointing' if s.gradient_checkpointing else 'no checkpointing'}, "
-            f"{s.optimizer.rsplit('.', 1)[-1]}")
+            f"{s.optimizer.rsplit('.', 1)[-1]}"
+            + (f"\nper device: distributed={s.distributed} over {s.processes} processes, one device each"
+               if s.processes > 1 else ""))
 
 
 def format_plan(plan: MemoryPlan, suggestions: Sequence[Suggestion] = ()) -> str:

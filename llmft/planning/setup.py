@@ -1,11 +1,13 @@
 """What the planner reads from a composed run configuration, as plain figures (no torch, no weights)."""
 
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from omegaconf import DictConfig, OmegaConf
 
+from llmft.errors import ConfigError
 from llmft.hardware import resolve_precision
 from llmft.planning.arch import Arch, Linear, find_arch
 from llmft.quantization import scheme
@@ -19,6 +21,7 @@ GIB = 2**30
 # The objectives that read preference pairs (each pair: two rows of one batch, llmft.data.pairs.pair_collate) and
 # whether each runs a reference pass (tests/test_preference.py checks this against the classes)
 PAIRWISE = {"llmft.objectives.DPO": True, "llmft.objectives.ORPO": False}
+FSDP_TARGET = "accelerate.utils.FullyShardedDataParallelPlugin"   # conf/distributed/fsdp.yaml
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,10 @@ class Setup:
     precision: str = "fp32"
     quantization: Optional[str] = None      # None, "nf4", "fp4" or "int8"
     double_quant: bool = False
+    quant_storage_float: bool = False        # 4-bit weights stored in a float dtype (nf4-sharded): FSDP shards them
+    processes: int = 1                       # processes training together, one device each (llmft.planning.sharding)
+    distributed: str = "none"                # "none", "ddp", "fsdp" or "fsdp-offload" (spread)
+    reshard_after_forward: bool = True       # FSDP frees each layer's gathered weights after its forward
     micro_batch_size: int = 8
     gradient_accumulation_steps: int = 1
     seq_len: int = 512
@@ -132,13 +139,15 @@ def setup_from_cfg(cfg: DictConfig) -> Setup:
     quant, double = scheme(data.get("quantization"))
     targets = lora["target_modules"]
     optimizer = dict(hw["optimizer"])
+    storage = str((data.get("quantization") or {}).get("bnb_4bit_quant_storage") or "uint8")
     return Setup(
         arch=find_arch(model, (data["paths"] or {}).get("cache_dir")),
         lora=LoraSpec(r=int(lora["r"]), target_modules=targets if isinstance(targets, str) else tuple(targets),
                       lora_dropout=float(lora.get("lora_dropout", 0.0)), use_dora=bool(lora.get("use_dora")),
                       bias=str(lora.get("bias", "none")), modules_to_save=tuple(lora.get("modules_to_save") or ())),
         device=hw["device"], precision=resolve_precision(hw["precision"], hw["device"]), quantization=quant,
-        double_quant=double,
+        double_quant=double, quant_storage_float="float" in storage,
+        **spread(_plain(cfg, "distributed"), process_count(hw)),
         micro_batch_size=int(hw["micro_batch_size"]),
         gradient_accumulation_steps=int(hw["gradient_accumulation_steps"]),
         seq_len=int(data["data"]["max_seq_length"]), gradient_checkpointing=bool(hw["gradient_checkpointing"]),
@@ -148,6 +157,39 @@ def setup_from_cfg(cfg: DictConfig) -> Setup:
         optimizer=str(optimizer.pop("_target_")),
         optimizer_kwargs=tuple(sorted((k, v) for k, v in optimizer.items() if not k.startswith("_"))),
         budget_gb=float(hw["memory_budget_gb"]), profile=str(hw["name"]), **_eval_settings(data))
+
+
+def process_count(hardware: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> int:
+    """How many processes train together: the launcher's ``WORLD_SIZE`` under a launcher, else
+    ``hardware.num_processes`` (what ``llmft-plan`` plans for), else 1.
+
+    Raises:
+        ConfigError: both are set and differ.
+    """
+    configured, launched = hardware.get("num_processes"), environ.get("WORLD_SIZE")
+    if configured is not None and launched is not None and int(launched) != int(configured):
+        raise ConfigError(
+            f"hardware.num_processes={configured}, but the launcher started {launched} processes (WORLD_SIZE). "
+            "Under a launcher the process count is the launcher's: drop hardware.num_processes, or launch "
+            f"{configured} processes (accelerate launch --num_processes {configured}).")
+    return int(launched or configured or 1)
+
+
+def spread(node: Optional[Mapping[str, Any]], processes: int) -> Dict[str, Any]:
+    """The ``Setup`` fields of a ``distributed`` config node (a plain dict; None for ``distributed=none``).
+
+    ``distributed`` is ``none`` on one process (FSDP and DDP have nothing to divide there), ``ddp`` for several
+    processes without a plugin (accelerate's default is data parallel), ``fsdp`` or ``fsdp-offload``.
+    """
+    target = str((node or {}).get("_target_", ""))
+    if processes == 1:
+        mode = "none"
+    elif target == FSDP_TARGET:
+        mode = "fsdp-offload" if node.get("cpu_offload") else "fsdp"
+    else:
+        mode = "ddp"
+    return {"processes": processes, "distributed": mode,
+            "reshard_after_forward": bool((node or {}).get("reshard_after_forward", True))}
 
 
 def _plain(cfg: DictConfig, key: str) -> Any:

@@ -62,13 +62,23 @@ def base_weights(s: Setup) -> Term:
         return Term("base_weights", "base weights", a.total_params() * s.weight_bytes,
                     f"{_m(a.total_params())} params x {s.weight_bytes} B{_tied(s)}")
     weights = sum(lin.in_features * lin.out_features for lin in a.linears()) * a.num_hidden_layers
-    scales = sum(lin.out_features for lin in a.linears()) * a.num_hidden_layers * 4 if s.quantization == INT8 else 0
     rest = a.total_params() - weights
     per = quantized_bytes_per_weight(s.quantization, s.double_quant)
     quant = f"{s.quantization}{' + double quant' if s.double_quant else ''}"
-    return Term("base_weights", "base weights", weights * per + scales + rest * 4,
+    return Term("base_weights", "base weights", linear_weight_bytes(s) + rest * 4,
                 f"{_m(weights)} linear weights x {per:.4g} B ({quant}) + {_m(rest)} embeddings/head/norms x 4 B "
                 f"(fp32 after prepare_model_for_kbit_training){_tied(s)}")
+
+
+def linear_weight_bytes(s: Setup) -> float:
+    """Bytes of the quantized weights of every decoder linear layer (int8: with a fp32 scale per output row);
+    0 unquantized."""
+    if not s.quantization:
+        return 0.0
+    a = s.arch
+    weights = sum(lin.in_features * lin.out_features for lin in a.linears()) * a.num_hidden_layers
+    scales = sum(lin.out_features for lin in a.linears()) * a.num_hidden_layers * 4 if s.quantization == INT8 else 0
+    return weights * quantized_bytes_per_weight(s.quantization, s.double_quant) + scales
 
 
 def trainable_tensors(s: Setup) -> List[Tuple[int, int, int]]:
