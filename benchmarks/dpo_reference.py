@@ -20,6 +20,9 @@ from llmft.builders import build, read_splits, tokenize_split
 
 
 def main(overrides):
+    if overrides[:1] in (["-h"], ["--help"]):  # the rest are llmft-train overrides, which take no --help
+        print(__doc__)
+        return
     cfg = check_overrides(["objective=dpo", "data.path=../shared/realdata/preference/dpo_en_demo.json",
                            "data.max_seq_length=256", *overrides])
     loaded = build(cfg.model, cache_dir=cfg.paths.cache_dir)

@@ -53,6 +53,9 @@ def logged_seconds(folder: Path, pattern: str) -> float:
 
 def main() -> None:
     args = sys.argv[1:]
+    if args[:1] in (["-h"], ["--help"]):  # the rest are llmft-train overrides, which take no --help
+        print(__doc__)
+        return
     repeat = 1
     if args[:1] == ["--repeat"]:
         repeat, args = int(args[1]), args[2:]

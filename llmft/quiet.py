@@ -19,6 +19,9 @@ NOISE: Tuple[Tuple[str, str], ...] = (
     ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),
     # rouge_score (through absl logging), each time a ROUGE scorer is built: once per scored answer.
     ("absl", "Using default tokenizer."),
+    # Hydra, when a _target_ does not import: llmft's own error (llmft.config.validate.check_target) says the same
+    # in one paragraph; Hydra's copy came first, in three lines.
+    ("hydra.utils", "Error getting object at"),
 )
 
 # (module, its name for tqdm): plain tqdm bars that transformers' disable_progress_bar() leaves on. Why noise: a

@@ -13,6 +13,7 @@ from typing import Sequence
 
 from llmft.config.precheck import fail
 from llmft.errors import ConfigError, LlmftError
+from llmft.quiet import quiet_libraries
 from llmft.runs import load_with_adapter, open_run
 
 log = logging.getLogger("llmft.eval")
@@ -65,6 +66,7 @@ def main(argv=None) -> None:
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         sys.exit(0 if args else 2)
+    quiet_libraries()  # before the model loads: bitsandbytes' kernel notice, rouge_score's per-answer line, bars
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     try:
         path = reevaluate(args[0], args[1:])

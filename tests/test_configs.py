@@ -41,6 +41,21 @@ def test_a_target_off_the_allow_list_is_refused(make_cfg):
         validate(cfg)
 
 
+def test_a_target_that_does_not_import_is_one_line_and_said_once(make_cfg, monkeypatch, caplog):
+    from llmft.quiet import quiet_libraries
+
+    monkeypatch.setenv("LLMFT_ALLOW_TARGETS", "my_pkg.MyLoop")  # the README's example of one's own callable
+    quiet_libraries()
+    cfg = make_cfg(["model=tiny"])
+    cfg.trainer._target_ = "my_pkg.MyLoop"
+    with pytest.raises(ConfigError) as error:
+        validate(cfg)
+    assert str(error.value).startswith("trainer._target_=my_pkg.MyLoop cannot be imported (ModuleNotFoundError: No "
+                                       "module named 'my_pkg'). Check the spelling")
+    assert "\n" not in str(error.value)
+    assert "Error getting object" not in caplog.text  # Hydra's three-line copy of the same, filtered
+
+
 def test_a_key_the_target_does_not_take_is_named(make_cfg):
     cfg = make_cfg(["model=tiny", "+model.hiden_size=3"])
     with pytest.raises(ConfigError, match="model.hiden_size is not an argument of llmft.models.build_tiny"):

@@ -110,3 +110,16 @@ def test_library_noise_is_filtered_at_its_source_and_hydra_verbose_shows_it(tmp_
         assert message not in quiet.stdout + quiet.stderr
     assert "Using default tokenizer." in loud.stdout + loud.stderr  # rouge_score, once per scored answer
     assert "Done in" in quiet.stdout + quiet.stderr
+    again = subprocess.run([sys.executable, "-m", "llmft.reevaluate", str(tmp_path / "0")],
+                           capture_output=True, text=True, timeout=300)  # llmft-eval scores the answers again
+    assert again.returncode == 0, again.stderr[-2000:]
+    for _, message in NOISE:
+        assert message not in again.stdout + again.stderr
+
+
+def test_llmft_export_drops_the_library_noise_from_its_first_import():
+    result = subprocess.run([sys.executable, "-m", "llmft.export.cli", "--help"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and "llmft-export" in result.stdout
+    for _, message in NOISE:  # bitsandbytes' kernel notice came at the exporter's import, before the filter
+        assert message not in result.stdout + result.stderr

@@ -74,8 +74,9 @@ def check_target(path: str, node: DictConfig) -> None:
     try:
         obj = get_object(target)
     except Exception as exc:  # ImportError, AttributeError, Hydra's InstantiationException
-        raise ConfigError(f"{where}._target_={target} cannot be imported ({exc}). Check the spelling, or install "
-                          "the package that provides it.") from None
+        cause = exc.__cause__ or exc  # Hydra wraps the import's own error in three lines of its own
+        raise ConfigError(f"{where}._target_={target} cannot be imported ({type(cause).__name__}: {cause}). Check "
+                          "the spelling, or install the package that provides it.") from None
     try:
         signature = inspect.signature(obj)
     except (TypeError, ValueError):

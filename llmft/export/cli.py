@@ -6,9 +6,12 @@ import logging
 
 from llmft.config.precheck import fail
 from llmft.errors import LlmftError
-from llmft.export.exporter import TOLERANCE, export_run
-from llmft.export.gguf_export import TOLERANCE as GGUF_TOLERANCE
 from llmft.quiet import quiet_libraries
+
+quiet_libraries()  # before the exporter's imports load bitsandbytes, whose kernel notice it drops
+
+from llmft.export.exporter import TOLERANCE, export_run  # noqa: E402
+from llmft.export.gguf_export import TOLERANCE as GGUF_TOLERANCE  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -33,7 +36,6 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.gguf_tolerance is not None and args.gguf is None:
         parser.error("--gguf-tolerance applies to a GGUF export: add --gguf TYPE")
-    quiet_libraries()  # in a log file, progress bars are noise: keep the plain lines
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     try:
         out = export_run(args.run_dir, args.out, args.merge, args.force, args.dtype, args.tolerance, args.gguf,
