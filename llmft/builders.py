@@ -1,6 +1,9 @@
 """What a run is made of, built from its config one way for every command: the training pipeline, ``llmft-eval``
 (``reevaluate``) and a finished run opened again (``runs``, which ``llmft-export`` and ``llmft-chat`` use) all
-build the model, the adapter, the data and the evaluators here."""
+build the model, the adapter, the data and the evaluators here.
+
+The objectives and the preference pairs (``datasets``, ``accelerate``) are imported by the functions that use them,
+so that loading a finished run's model (``llmft-chat``) does not pay for the training stack."""
 
 import logging
 from typing import Any, Dict, Optional, Tuple
@@ -10,12 +13,10 @@ from omegaconf import DictConfig
 
 from llmft.adapters import apply_lora, is_quantized
 from llmft.data import Splits, load_splits
-from llmft.data.pairs import tokenize_pairs
 from llmft.data.templates import use_chat_template
 from llmft.evaluation import EvalData, run_evaluators
 from llmft.evaluation.generation import can_pair
 from llmft.hardware import autocast, run_device, weights_dtype
-from llmft.objectives import SFT
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ def tokenize_split(cfg: DictConfig, tokenizer, records, split: str, objective=No
     """Tokenize one split as ``objective`` trains on it (default: as conversations, SFT), cached under
     ``paths.cache_dir``; returns the dataset and the number of records dropped. A tokenizer without a chat template
     gets ``data.fallback_template``."""
+    from llmft.objectives import SFT
+
     use_chat_template(tokenizer, cfg.data.fallback_template, cfg.data.chat_template)
     return (objective or SFT()).tokenize(records, tokenizer, max_seq_length=cfg.data.max_seq_length,
                                          train_on_prompt=cfg.data.train_on_prompt, split=split,
@@ -93,6 +96,8 @@ def tokenize_split(cfg: DictConfig, tokenizer, records, split: str, objective=No
 def evaluation_data(cfg: DictConfig, tokenizer, records) -> EvalData:
     """The validation split for the evaluators: its conversations tokenized (for pairs: prompt and chosen reply,
     for perplexity), and, when its records are preference pairs, both sides of each pair."""
+    from llmft.data.pairs import tokenize_pairs
+
     tokenized, _ = tokenize_split(cfg, tokenizer, records, "val")
     pairs = None
     if records and "rejected" in records[0]:

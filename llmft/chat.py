@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
@@ -75,7 +76,7 @@ class Chat:
         import torch
 
         try:
-            with torch.no_grad(), self.model.disable_adapter() if base else contextlib.nullcontext():
+            with torch.inference_mode(), self.model.disable_adapter() if base else contextlib.nullcontext():
                 self.model.generate(**kwargs)
         except BaseException as exc:  # raised again in the main thread, which would otherwise wait forever
             failure.append(exc)
@@ -98,8 +99,14 @@ def _strip(pieces: Iterator[str]) -> Iterator[str]:
             pending += piece
 
 
-def load(path: str):
-    """``(model, tokenizer, run config or None, has adapter)`` from a run folder, an export or a merged folder."""
+def load(path: str, alone: bool = False):
+    """``(model, tokenizer, run config or None, has adapter)`` from a run folder, an export or a merged folder.
+
+    ``alone``: this process does nothing else (the console script's), so a run that quantizes nothing keeps
+    bitsandbytes out of it: peft imports bitsandbytes whenever it is installed, and bitsandbytes compiles its
+    kernels with ``torch.compile`` as it loads (seconds), for nothing such a run calls. Process-wide, since peft
+    remembers what it found, hence not for a caller that may load a quantized run later.
+    """
     from llmft.export.loading import load_quietly
     from llmft.runs import RunFolderError, open_run
 
@@ -107,6 +114,8 @@ def load(path: str):
     merged = next((f for f in (folder / "merged", folder) if (f / "config.json").is_file()), None)
     if merged is None:
         run = open_run(path)
+        if alone and not run.cfg.get("quantization"):
+            sys.modules.setdefault("bitsandbytes", None)  # Python's mark for a module that is not there
         model, loaded = load_quietly(run)
         return model, loaded.tokenizer, run.cfg, True
     import torch
@@ -121,13 +130,14 @@ def load(path: str):
     return model, AutoTokenizer.from_pretrained(merged), cfg, False
 
 
-def open_chat(args: argparse.Namespace) -> Chat:
-    """Load the model named by ``args.run`` with the run's template and settings, checked for parity."""
+def open_chat(args: argparse.Namespace, alone: bool = False) -> Chat:
+    """Load the model named by ``args.run`` with the run's template and settings, checked for parity (``alone``:
+    as ``load``'s)."""
     from llmft.data.templates import use_chat_template
     from llmft.evaluation.generation import stop_token_ids
     from llmft.export.parity import check_parity, sample_conversation
 
-    model, tokenizer, cfg, adapter = load(args.run)
+    model, tokenizer, cfg, adapter = load(args.run, alone)
     if args.compare and not adapter:
         raise LlmftError(f"{args.run} is a merged model: there is no adapter to disable for --compare. Pass the "
                          "run folder itself (llmft-chat RUN --compare).")
@@ -141,6 +151,19 @@ def open_chat(args: argparse.Namespace) -> Chat:
     if temperature > 0:
         settings.update(temperature=temperature, top_p=node.get("top_p", 1.0))
     return Chat(model, tokenizer, system, settings)
+
+
+def free_cores() -> int:
+    """The threads to generate with: the cores that the load average leaves free, at least 1, at most torch's default.
+
+    A token is a few hundred small operations, each split across the threads; a thread that waits for a busy core
+    makes every one of them wait (2 threads on 2 loaded cores: 10x the time of 1). The thread count does not change
+    the answer (the logits are bitwise equal with 1 and 2 threads).
+    """
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), round(cores - os.getloadavg()[0])))
 
 
 def say(chat: Chat, text: str, base: bool, out=sys.stdout) -> None:
@@ -181,7 +204,8 @@ def converse(chat: Chat, compare: bool) -> None:
 
 
 def main(argv=None) -> None:
-    """Console script ``llmft-chat RUN [--prompt TEXT] [--compare] [--system TEXT] [--max-new-tokens N] [--temperature T]``."""
+    """Console script ``llmft-chat RUN [--prompt TEXT] [--compare] [--system TEXT] [--max-new-tokens N] [--temperature T]
+    [--threads N]``."""
     parser = argparse.ArgumentParser(prog="llmft-chat", description="Talk to a fine-tuned llmft run (or an "
                                      "export's merged model) with the run's chat template and settings.")
     parser.add_argument("run", help="a completed run folder, an export folder, or a merged model folder")
@@ -190,19 +214,23 @@ def main(argv=None) -> None:
     parser.add_argument("--system", help="the system prompt (default: the run's; \"\" for none)")
     parser.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default: the run's, or 256)")
     parser.add_argument("--temperature", type=float, help="0 for greedy (default: the run's setting)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: the cores the load average leaves free)")
     args = parser.parse_args(argv)
-    if args.max_new_tokens is not None and args.max_new_tokens < 1 or (args.temperature or 0) < 0:
-        parser.error("--max-new-tokens must be at least 1 and --temperature at least 0 (0: greedy)")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1 or (args.temperature or 0) < 0 \
+            or args.threads is not None and args.threads < 1:
+        parser.error("--max-new-tokens and --threads must be at least 1 and --temperature at least 0 (0: greedy)")
     logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     from llmft.quiet import quiet_libraries
 
     quiet_libraries()  # before the libraries load: bitsandbytes' kernel notice, progress bars off a terminal
+    import torch
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+    torch.set_num_threads(args.threads or free_cores())
     try:
-        chat = open_chat(args)
+        chat = open_chat(args, alone=True)
     except LlmftError as exc:
         fail(str(exc), code=2, program="llmft-chat")
     if args.prompt is None:

@@ -58,14 +58,18 @@ def quiet_libraries(verbose: bool = False) -> None:
         if not any(isinstance(f, DropMessage) and f.prefix == prefix for f in logger.filters):
             logger.addFilter(DropMessage(prefix))
     if not sys.stderr.isatty():
+        late = "tqdm" in sys.modules  # TQDM_DISABLE is read when tqdm is imported
         os.environ.setdefault("TQDM_DISABLE", "1")  # plain tqdm bars of modules imported later: read at tqdm's import
-        import datasets
         import transformers
 
-        datasets.disable_progress_bars()
         transformers.utils.logging.disable_progress_bar()
+        if "datasets" in sys.modules:
+            sys.modules["datasets"].disable_progress_bars()
+        else:  # read when datasets is imported, as disable_progress_bars() would set it: not imported for nothing
+            os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         for module, name in BARS:  # already imported, where TQDM_DISABLE came too late: off at the source
-            owner = importlib.import_module(module)
-            bar = getattr(owner, name)
-            if not isinstance(bar, partial):
-                setattr(owner, name, partial(bar, disable=True))
+            if late or module in sys.modules:  # not imported for nothing: the GGUF reader costs seconds (llmft-chat)
+                owner = importlib.import_module(module)
+                bar = getattr(owner, name)
+                if not isinstance(bar, partial):
+                    setattr(owner, name, partial(bar, disable=True))

@@ -96,3 +96,29 @@ def test_ctrl_c_stops_the_answer_not_the_session(tiny_run):  # noqa: F811
     chat.settings.update(max_new_tokens=4, min_new_tokens=4)
     say(chat, "And a node?", base=False, out=io.StringIO())  # the session goes on: this answer ends and is remembered
     assert [m["role"] for m in chat.history] == ["user", "assistant"]
+
+
+# What chatting needs is torch, transformers, peft and the run's config; these are the training, evaluation and
+# export stacks (and bitsandbytes, which compiles its kernels as it loads, for a run that quantizes nothing). Each
+# cost llmft-chat seconds of start-up before it was kept out (README, Chat: the figures).
+NOT_FOR_CHATTING = ("datasets", "evaluate", "pandas", "pyarrow", "gguf", "bitsandbytes", "llmft.objectives",
+                    "llmft.evaluation.metrics", "llmft.export.exporter", "transformers.modeling_gguf_pytorch_utils")
+
+
+def test_chatting_imports_none_of_the_training_evaluation_or_export_stacks(tiny_run):  # noqa: F811
+    script = ("import sys\nfrom llmft.chat import main\n"
+              f"main([{str(tiny_run)!r}, '--prompt', 'How do I list pods?', '--max-new-tokens', '2'])\n"
+              f"print([m for m in {NOT_FOR_CHATTING!r} if sys.modules.get(m) is not None])")  # None: kept out
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == "[]", result.stdout
+
+
+def test_threads_follow_the_free_cores_or_the_option(tiny_run, greedy):  # noqa: F811
+    from llmft.chat import free_cores
+
+    assert 1 <= free_cores() <= os.cpu_count()
+    result = chat(tiny_run, "--prompt", "How do I list pods?", "--threads", "1")
+    assert result.stdout == greedy("How do I list pods?") + "\n"
+    refused = subprocess.run([*CHAT, str(tiny_run), "--threads", "0"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--threads must be at least 1" in refused.stderr

@@ -4,7 +4,7 @@ The names below load on first use, so that ``llmft-prepare`` and ``llmft-synth``
 transformers.
 """
 
-import importlib
+from llmft.lazy import lazy_names
 
 _EXPORTS = {
     "Splits": "llmft.data.splits", "load_splits": "llmft.data.splits", "pad_collate": "llmft.data.collate",
@@ -14,8 +14,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'llmft.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_names(__name__, _EXPORTS)

@@ -15,17 +15,18 @@ import hashlib
 import itertools
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import orjson
-import datasets
-from datasets import Dataset
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from llmft.data.cache import seal_cache, usable_cache
 from llmft.data.rendering import RenderError, render_spans, template_refusal
 from llmft.errors import DataError
+
+if TYPE_CHECKING:  # imported where a dataset is built: the parity check (llmft-chat) renders one conversation only
+    from datasets import Dataset
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -90,7 +91,7 @@ def tokenize_record(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict]
 
 def tokenize_records(records: List[dict], tokenizer: PreTrainedTokenizerBase, max_seq_length: int,
                      train_on_prompt: bool = False, split: str = "train",
-                     cache_dir: Optional[str] = None) -> Tuple[Dataset, int]:
+                     cache_dir: Optional[str] = None) -> Tuple["Dataset", int]:
     """Tokenize records into a ``datasets.Dataset`` of ``input_ids``/``labels``, dropping untrainable ones.
 
     A record with no trainable token left after truncation is dropped and counted. With ``cache_dir``, the
@@ -115,7 +116,7 @@ def tokenize_records(records: List[dict], tokenizer: PreTrainedTokenizerBase, ma
 
 
 def encode_records(records: List[dict], tokenizer: PreTrainedTokenizerBase, examples_of, columns: Sequence[str],
-                   split: str, cache_dir: Optional[str], max_seq_length: int, *settings: str) -> Tuple[Dataset, int]:
+                   split: str, cache_dir: Optional[str], max_seq_length: int, *settings: str) -> Tuple["Dataset", int]:
     """Records through ``examples_of`` into a ``datasets.Dataset`` (``id``, ``record`` and ``columns``), cached.
 
     ``examples_of([messages, tools, rejected])`` returns a record's trainable examples (none: the record is dropped
@@ -125,6 +126,9 @@ def encode_records(records: List[dict], tokenizer: PreTrainedTokenizerBase, exam
     Raises:
         DataError: no record of the split gives an example, or the chat template refuses a record.
     """
+    import datasets
+    from datasets import Dataset
+
     def encode(batch: Dict[str, list], indices: List[int]) -> Dict[str, list]:
         out: Dict[str, list] = {"id": [], "record": [], **{c: [] for c in columns}}
         for record_id, index, conversation in zip(batch["id"], indices, batch["conversation"]):

@@ -1,11 +1,18 @@
-"""Evaluation: each ``eval`` option names evaluators; each runs on the base model and on the fine-tuned one."""
+"""Evaluation: each ``eval`` option names evaluators; each runs on the base model and on the fine-tuned one.
 
-from llmft.evaluation.data import EvalData
-from llmft.evaluation.metrics import ReferenceMetrics
-from llmft.evaluation.perplexity import Perplexity
-from llmft.evaluation.preference import PreferenceAccuracy
-from llmft.evaluation.prompts import PromptAnswers
-from llmft.evaluation.report import build_eval_report, run_evaluators, samples_markdown
+The names below load on first use (as ``llmft.data``'s do), so that ``llmft-chat``, which needs only
+``llmft.evaluation.generation``, does not import the evaluators' libraries (``evaluate``, ``datasets``).
+"""
 
-__all__ = ["EvalData", "Perplexity", "PreferenceAccuracy", "PromptAnswers", "ReferenceMetrics", "build_eval_report", "run_evaluators",
-           "samples_markdown"]
+from llmft.lazy import lazy_names
+
+_EXPORTS = {
+    "EvalData": "llmft.evaluation.data", "ReferenceMetrics": "llmft.evaluation.metrics",
+    "Perplexity": "llmft.evaluation.perplexity", "PreferenceAccuracy": "llmft.evaluation.preference",
+    "PromptAnswers": "llmft.evaluation.prompts", "build_eval_report": "llmft.evaluation.report",
+    "run_evaluators": "llmft.evaluation.report", "samples_markdown": "llmft.evaluation.report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__ = lazy_names(__name__, _EXPORTS)
