@@ -17,7 +17,7 @@ from llmft.quiet import quiet_libraries
 from llmft.runs import load_with_adapter, open_run
 
 log = logging.getLogger("llmft.eval")
-USAGE = "usage: llmft-eval RUN_DIR [OVERRIDE ...]   e.g. llmft-eval outputs/2026-11-21/12-22-29 eval=full"
+USAGE = "usage: llmft-eval RUN_DIR [OVERRIDE ...]   e.g. llmft-eval outputs/2026-11-21/12-22-29-8e3b37 eval=full"
 
 
 def reevaluate(folder: str, overrides: Sequence[str] = ()) -> Path:
