@@ -122,3 +122,15 @@ def test_threads_follow_the_free_cores_or_the_option(tiny_run, greedy):  # noqa:
     assert result.stdout == greedy("How do I list pods?") + "\n"
     refused = subprocess.run([*CHAT, str(tiny_run), "--threads", "0"], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "--threads must be at least 1" in refused.stderr
+
+
+def test_an_adapter_only_export_is_refused_naming_the_run_and_the_merge(tmp_path):
+    from llmft.chat import load
+    from llmft.errors import LlmftError
+
+    export = tmp_path / "run" / "export"
+    (export / "adapter").mkdir(parents=True)
+    (export / "adapter" / "adapter_config.json").write_text("{}")
+    with pytest.raises(LlmftError, match="holds only the adapter") as caught:
+        load(str(export))
+    assert f"llmft-chat {export.parent}" in str(caught.value) and "--merge" in str(caught.value)
