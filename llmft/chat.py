@@ -113,10 +113,6 @@ def load(path: str, alone: bool = False):
     folder = Path(path).expanduser()
     merged = next((f for f in (folder / "merged", folder) if (f / "config.json").is_file()), None)
     if merged is None:
-        if (folder / "adapter" / "adapter_config.json").is_file() and not (folder / "summary.json").is_file():
-            raise LlmftError(f"{path} is an export that holds only the adapter, no merged model. Chat with the run "
-                             f"folder it came from (llmft-chat {folder.parent}), or export a merged model first "
-                             f"(llmft-export {folder.parent} --merge --force).")
         run = open_run(path)
         if alone and not run.cfg.get("quantization"):
             sys.modules.setdefault("bitsandbytes", None)  # Python's mark for a module that is not there

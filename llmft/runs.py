@@ -45,8 +45,13 @@ def open_run(folder: str, overrides: Sequence[str] = ()) -> FinishedRun:
     """
     path = Path(folder).expanduser()
     if not (path / ".hydra" / "config.yaml").is_file():
+        if (path / "adapter" / "adapter_config.json").is_file() and (path.parent / ".hydra" / "config.yaml").is_file():
+            raise RunFolderError(f"{folder} is an export of the run {path.parent} that holds only the adapter, not "
+                                 f"a run folder: pass the run folder itself ({path.parent}). An export with a "
+                                 f"merged model (llmft-export {path.parent} --merge --force) can be chatted with "
+                                 "directly.")
         raise RunFolderError(f"{folder} is not an llmft run folder (it has no .hydra/config.yaml). Pass a folder "
-                             "that llmft-train wrote, such as outputs/DATE/TIME or multirun/DATE/TIME/N.")
+                             "that llmft-train wrote, such as outputs/DATE/TIME-ID or multirun/DATE/TIME-ID/N.")
     summary = read_json(path / "summary.json", "run summary") if (path / "summary.json").is_file() else {}
     if summary.get("status") != "completed":
         reason = summary.get("error", "no summary.json: it stopped before the end")

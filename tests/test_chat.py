@@ -131,6 +131,8 @@ def test_an_adapter_only_export_is_refused_naming_the_run_and_the_merge(tmp_path
     export = tmp_path / "run" / "export"
     (export / "adapter").mkdir(parents=True)
     (export / "adapter" / "adapter_config.json").write_text("{}")
+    (export.parent / ".hydra").mkdir()
+    (export.parent / ".hydra" / "config.yaml").write_text("{}")
     with pytest.raises(LlmftError, match="holds only the adapter") as caught:
         load(str(export))
-    assert f"llmft-chat {export.parent}" in str(caught.value) and "--merge" in str(caught.value)
+    assert f"pass the run folder itself ({export.parent})" in str(caught.value) and "--merge" in str(caught.value)
