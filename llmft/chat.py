@@ -14,11 +14,13 @@ import logging
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
 from llmft.config.precheck import fail
 from llmft.errors import LlmftError
+from llmft.shutdown import fast_exit
 
 HELP = "Type a message; /reset starts a new conversation, /exit (or Ctrl-D) ends. Ctrl-C stops an answer."
 
@@ -75,8 +77,11 @@ class Chat:
     def _generate(self, kwargs: dict, base: bool, streamer, failure: list) -> None:
         import torch
 
+        from llmft.evaluation.generation import contiguous_head
+
         try:
-            with torch.inference_mode(), self.model.disable_adapter() if base else contextlib.nullcontext():
+            with torch.inference_mode(), self.model.disable_adapter() if base else contextlib.nullcontext(), \
+                    contiguous_head(self.model):
                 self.model.generate(**kwargs)
         except BaseException as exc:  # raised again in the main thread, which would otherwise wait forever
             failure.append(exc)
@@ -103,19 +108,19 @@ def load(path: str, alone: bool = False):
     """``(model, tokenizer, run config or None, has adapter)`` from a run folder, an export or a merged folder.
 
     ``alone``: this process does nothing else (the console script's), so a run that quantizes nothing keeps
-    bitsandbytes out of it: peft imports bitsandbytes whenever it is installed, and bitsandbytes compiles its
-    kernels with ``torch.compile`` as it loads (seconds), for nothing such a run calls. Process-wide, since peft
-    remembers what it found, hence not for a caller that may load a quantized run later.
+    bitsandbytes out of it (``llmft.lazy.keep_out_bitsandbytes``); not for a caller that may load a quantized
+    run later.
     """
     from llmft.export.loading import load_quietly
+    from llmft.lazy import keep_out_bitsandbytes
     from llmft.runs import RunFolderError, open_run
 
     folder = Path(path).expanduser()
     merged = next((f for f in (folder / "merged", folder) if (f / "config.json").is_file()), None)
     if merged is None:
         run = open_run(path)
-        if alone and not run.cfg.get("quantization"):
-            sys.modules.setdefault("bitsandbytes", None)  # Python's mark for a module that is not there
+        if alone:
+            keep_out_bitsandbytes(run.cfg)
         model, loaded = load_quietly(run)
         return model, loaded.tokenizer, run.cfg, True
     import torch
@@ -153,17 +158,41 @@ def open_chat(args: argparse.Namespace, alone: bool = False) -> Chat:
     return Chat(model, tokenizer, system, settings)
 
 
-def free_cores() -> int:
-    """The threads to generate with: the cores that the load average leaves free, at least 1, at most torch's default.
+def busy_seconds() -> Optional[float]:
+    """CPU seconds the whole machine has been busy since it started (``/proc/stat``), or None where unknown."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
-    A token is a few hundred small operations, each split across the threads; a thread that waits for a busy core
-    makes every one of them wait (2 threads on 2 loaded cores: 10x the time of 1). The thread count does not change
-    the answer (the logits are bitwise equal with 1 and 2 threads).
-    """
-    import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(torch.get_num_threads(), round(cores - os.getloadavg()[0])))
+class Others:
+    """What the other processes on the machine use of its cores, measured from now until ``free_cores``."""
+
+    def __init__(self):
+        self.start, self.busy, self.own = time.monotonic(), busy_seconds(), time.process_time()
+
+    def free_cores(self) -> int:
+        """The threads to generate with: the cores the other processes left free meanwhile (else the load
+        average's), at least 1, at most torch's default.
+
+        A token is a few hundred small operations, each split across the threads; a thread that waits for a busy
+        core makes every one of them wait (2 threads on 2 loaded cores: 10x the time of 1). The thread count does not
+        change the answer (the logits are bitwise equal with 1 and 2 threads). The load average lags a minute
+        behind: on a machine that has just finished a job it still reads 1 and would give a quiet machine's
+        generation one thread (12.2 s for ``--prompt`` against 10.0 s with two, measured).
+        """
+        import torch
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        elapsed, busy = time.monotonic() - self.start, busy_seconds()
+        if busy is None or self.busy is None or elapsed < 0.2:
+            used = os.getloadavg()[0]
+        else:
+            used = max(0.0, (busy - self.busy) - (time.process_time() - self.own)) / elapsed
+        return max(1, min(torch.get_num_threads(), round(cores - used)))
 
 
 def say(chat: Chat, text: str, base: bool, out=sys.stdout) -> None:
@@ -228,11 +257,12 @@ def main(argv=None) -> None:
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
-    torch.set_num_threads(args.threads or free_cores())
+    others = Others()
     try:
         chat = open_chat(args, alone=True)
     except LlmftError as exc:
         fail(str(exc), code=2, program="llmft-chat")
+    torch.set_num_threads(args.threads or others.free_cores())
     if args.prompt is None:
         converse(chat, args.compare)
     elif args.compare:
@@ -241,6 +271,8 @@ def main(argv=None) -> None:
             say(chat, args.prompt, base)
     else:
         say(chat, args.prompt, False)
+    if argv is None:  # the console script: nothing follows (a caller that passed arguments goes on)
+        fast_exit(0)
 
 
 if __name__ == "__main__":

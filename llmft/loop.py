@@ -1,9 +1,9 @@
 """The training loop: a small loop of our own on ``accelerate``, with a state that checkpoints and resumes exactly.
 
 Gradient accumulation weighted by tokens (each micro-batch's summed loss is divided by the token count of the
-whole accumulation window, so long and short batches count alike), mixed precision, a warmup + cosine (or other)
-schedule, gradient clipping, and one line of metrics per logged step. ``accelerate launch -m llmft.train``
-runs the same loop on several processes.
+whole accumulation window, so long and short batches count alike), mixed precision, the attention kernel for each
+batch's length (``llmft.hardware.attention_kernel``), a warmup + cosine (or other) schedule, gradient clipping, and
+one line of metrics per logged step. ``accelerate launch -m llmft.train`` runs the same loop on several processes.
 
 The data order of each epoch is a pure function of (seed, epoch) (``batch_plan``), and the loop's position in it
 is part of its state, so a run resumed from a checkpoint sees the same batches, the same dropout masks and the same
@@ -31,6 +31,7 @@ from llmft.checkpoint import CheckpointStore, load_latest, save_checkpoint, set_
 from llmft.distributed import (BatchPlan, Sharded, agreed_signal, clip_gradients, fsdp_environment, make_accelerator,
                                shard_on_cpu, to_device)
 from llmft.errors import NonFiniteLossError
+from llmft.hardware import attention_kernel
 from llmft.interrupt import Interrupted, StopFlag
 from llmft.objectives import SFT
 from llmft.recording import RunRecorder, peak_memory_mb
@@ -112,7 +113,7 @@ class TrainingLoop:
         self.save_each_epoch = save_each_epoch
         self.keep_checkpoints = keep_checkpoints
         self.state = LoopState()
-        self.device = "cpu"
+        self.device, self.precision = "cpu", "fp32"
 
     def state_dict(self) -> dict:
         """The loop's state (``LoopState``) as plain values."""
@@ -153,7 +154,7 @@ class TrainingLoop:
         objective = objective or SFT()
         AcceleratorState._reset_state()  # a sweep's jobs share this process; each sets its own precision
         GradientState._reset_state()
-        self.device = hardware.device
+        self.device, self.precision = hardware.device, hardware.precision
         with fsdp_environment():
             accelerator = make_accelerator(hardware.precision, hardware.device, hardware.distributed)
         shard_on_cpu(accelerator, hardware.distributed)
@@ -188,8 +189,7 @@ class TrainingLoop:
                 epoch = self.state.epoch
                 window = self._next_window(epoch_batches, accum, dataset, collate)
                 lr = sched.get_last_lr()[0]
-                loss, n_tokens, grad_norm, figures = self._step(model, window, accelerator, params, opt, sched,
-                                                                objective)
+                loss, n_tokens, grad_norm, figures = self._step(model, window, accelerator, params, opt, sched, objective)
                 if not math.isfinite(loss):
                     raise NonFiniteLossError(step, loss)
                 self.state.step, self.state.tokens = step, self.state.tokens + n_tokens
@@ -241,7 +241,8 @@ class TrainingLoop:
         loss_sum, sums = torch.zeros((), device=accelerator.device), {}
         for i, batch in enumerate(window):
             sync = accelerator.no_sync(model) if i < len(window) - 1 else contextlib.nullcontext()
-            with sync, accelerator.autocast():
+            kernel = attention_kernel(self.precision, self.device, batch["input_ids"].shape[-1])
+            with sync, accelerator.autocast(), kernel:
                 loss, figures = objective.loss_and_figures(model, batch)
                 loss = loss / max(units, 1)
             for key, value in figures.items():
@@ -292,8 +293,7 @@ class TrainingLoop:
 
     def _validate(self, recorder, validate: Callable, model, step: int, epoch: float) -> None:
         figures = validate(model)
-        row = {"step": step, "epoch": round(epoch, 4), "eval_loss": figures["eval_loss"],
-               "perplexity": figures["perplexity"]}
+        row = {"step": step, "epoch": round(epoch, 4), **{k: figures[k] for k in ("eval_loss", "perplexity")}}
         self.state.rows.append(row)
         recorder.log_step(row)
         log.info("step %d  validation loss %.4f  perplexity %.2f", step, figures["eval_loss"], figures["perplexity"])

@@ -17,8 +17,10 @@ from llmft.config import schema  # noqa: F401  (registers train_schema)
 from llmft.config.location import CONFIG_DIR
 from llmft.config.precheck import fail, precheck
 from llmft.errors import ConfigError, DeviceUnavailableError, LlmftError
+from llmft.lazy import keep_out_bitsandbytes
 from llmft.quiet import quiet_libraries
 from llmft.run_folder import check_writable, resume_argv
+from llmft.shutdown import fast_exit
 
 log = logging.getLogger("llmft")
 
@@ -28,6 +30,8 @@ def hydra_main(cfg: DictConfig) -> float:
     """Run one job; returns the validation loss (what a sweeper minimises)."""
     hydra_cfg = HydraConfig.get()
     quiet_libraries(verbose=bool(hydra_cfg.verbose))  # before the libraries load and speak
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        keep_out_bitsandbytes(cfg)
     from llmft.pipeline import run  # torch, transformers and peft load here, after the overrides are checked
 
     from llmft.interrupt import Interrupted
@@ -103,6 +107,7 @@ def main() -> None:
     if FAILED_JOBS:
         fail(f"{len(FAILED_JOBS)} job(s) of the sweep failed ({', '.join(FAILED_JOBS)}); each one's summary.json "
              "says why, and the sweep table lists every job.", code=1)
+    fast_exit(0)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from llmft.evaluation.generation import generate
 from llmft.runs import load_with_adapter, open_run
@@ -114,10 +115,22 @@ def test_chatting_imports_none_of_the_training_evaluation_or_export_stacks(tiny_
     assert result.stdout.splitlines()[-1] == "[]", result.stdout
 
 
-def test_threads_follow_the_free_cores_or_the_option(tiny_run, greedy):  # noqa: F811
-    from llmft.chat import free_cores
+def test_threads_leave_the_cores_that_other_processes_use_now():
+    from llmft.chat import Others
 
-    assert 1 <= free_cores() <= os.cpu_count()
+    cores = min(torch.get_num_threads(), len(os.sched_getaffinity(0)))
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 5\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.5)
+        others = Others()
+        time.sleep(1.0)
+        assert 1 <= others.free_cores() <= max(1, cores - 1)  # the load average has hardly moved in 1.5 s
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+def test_threads_follow_the_option(tiny_run, greedy):  # noqa: F811
     result = chat(tiny_run, "--prompt", "How do I list pods?", "--threads", "1")
     assert result.stdout == greedy("How do I list pods?") + "\n"
     refused = subprocess.run([*CHAT, str(tiny_run), "--threads", "0"], capture_output=True, text=True, timeout=120)

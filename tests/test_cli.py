@@ -33,3 +33,14 @@ def test_help_lists_the_config_groups():
     assert result.returncode == 0
     for group in ("model:", "quantization:", "lora:", "hardware:", "eval:"):
         assert group in result.stdout
+
+
+def test_fast_exit_still_runs_exit_handlers_waits_for_threads_and_flushes():
+    """``llmft.shutdown.fast_exit`` ends the console scripts: what an orderly exit does that matters still happens."""
+    script = ("import atexit, threading, time, sys\nfrom llmft.shutdown import fast_exit\n"
+              "atexit.register(lambda: print('handler ran'))\n"
+              "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
+              "sys.stdout.write('unflushed ')\nfast_exit(3)\nprint('never')")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3
+    assert result.stdout.split() == ["unflushed", "thread", "done", "handler", "ran"]

@@ -43,3 +43,44 @@ def test_cpu_profile_defaults_to_auto_everywhere_it_is_read(make_cfg, monkeypatc
     monkeypatch.setattr(hardware, "cpu_features", lambda: AVX2_ONLY | {"amx_bf16"})
     assert make_cfg([]).hardware.precision == "bf16"
     assert setup_from_cfg(make_cfg(["hardware.precision=auto"])).precision == "bf16"
+
+
+def _attention_kernels(tmp_path, length: int) -> set:
+    """The attention kernels the training loop's steps ran in bf16 on the CPU for records of ``length`` tokens, read
+    from the autograd graph that the output projection's input hangs from."""
+    import torch
+
+    from llmft.data import pad_collate
+    from llmft.loop import Hardware, TrainingLoop
+    from llmft.recording import RunRecorder
+    from tests.test_cuda_paths import _tiny_lora
+
+    model, tok = _tiny_lora(tmp_path, dtype="bfloat16")
+    seen = set()
+
+    def kernel(module, args):
+        pending, depth = [(args[0].grad_fn, 0)], 0
+        while pending:
+            fn, depth = pending.pop()
+            name = type(fn).__name__ if fn is not None else ""
+            if "ScaledDotProduct" in name or name.startswith("Bmm"):
+                seen.add("flash" if "ScaledDotProduct" in name else "math")
+            elif fn is not None and depth < 6:
+                pending += [(f, depth + 1) for f, _ in fn.next_functions]
+
+    handle = model.get_base_model().model.layers[1].self_attn.o_proj.register_forward_pre_hook(kernel)
+    data = [{"input_ids": list(range(5, 5 + length))} for _ in range(2)]
+    TrainingLoop(learning_rate=1e-3, weight_decay=0.0, num_epochs=1, max_steps=1, warmup_ratio=0.0,
+                 lr_scheduler="linear", max_grad_norm=1.0, log_every=1, eval_every=None, save_every=None,
+                 save_each_epoch=False, keep_checkpoints=2).fit(
+        model, data, lambda f: pad_collate(f, pad_token_id=tok.pad_token_id), batch_plan=lambda epoch: [[0, 1]],
+        hardware=Hardware(precision="bf16"), optimizer=torch.optim.AdamW, recorder=RunRecorder(tmp_path / "run"))
+    handle.remove()
+    return seen
+
+
+def test_short_bf16_batches_on_a_cpu_attend_with_the_math_kernel_long_ones_with_flash(tmp_path):
+    assert hardware.short_attention("bf16", "cpu", 191) and not hardware.short_attention("bf16", "cpu", 192)
+    assert not hardware.short_attention("fp32", "cpu", 64) and not hardware.short_attention("bf16", "cuda", 64)
+    assert _attention_kernels(tmp_path / "short", 40) == {"math"}
+    assert _attention_kernels(tmp_path / "long", hardware.SHORT_ATTENTION_TOKENS) == {"flash"}

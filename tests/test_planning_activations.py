@@ -14,7 +14,7 @@ from peft import LoraConfig
 from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
 from llmft.adapters import apply_lora
-from llmft.hardware import weights_dtype
+from llmft.hardware import attention_kernel, weights_dtype
 from llmft.planning import activations as act
 from llmft.planning.arch import from_config
 from llmft.planning.setup import LoraSpec, Setup
@@ -28,6 +28,8 @@ CASES = {
     "nf4 + bf16 autocast, all-linear": dict(quantization="nf4", precision="bf16", targets="all-linear"),
     "all-linear": dict(targets="all-linear"),
     "dropout 0, bf16": dict(dropout=0.0, precision="bf16"),
+    "bf16, 200 tokens (flash kernel)": dict(precision="bf16", seq=200),
+    "bf16, all-linear, micro-batch 1 (math kernel, no mask)": dict(precision="bf16", batch=1, targets="all-linear"),
     "eager attention": dict(attn="eager"),
     "micro-batch 1 (no mask, GQA kept)": dict(batch=1),
     "mlp targets": dict(targets=("gate_proj", "down_proj")),
@@ -51,7 +53,8 @@ CASES = {
 
 
 def saved_bytes(model, ids, mask, autocast: bool) -> int:
-    """Bytes of the distinct non-parameter storages the forward pass leaves saved for the backward pass."""
+    """Bytes of the distinct non-parameter storages the forward pass leaves saved for the backward pass, with the
+    attention kernel that the training loop chooses for the batch (``llmft.hardware.attention_kernel``)."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen = []
 
@@ -61,7 +64,8 @@ def saved_bytes(model, ids, mask, autocast: bool) -> int:
         return t
 
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
+    kernel = attention_kernel("bf16" if autocast else "fp32", "cpu", ids.shape[1])
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx, kernel:
         out = model(input_ids=ids, attention_mask=mask, labels=ids)
     alive = {ptr: n for ref, ptr, n in seen if ref() is not None}  # transients saved and already freed don't count
     assert out.loss.requires_grad
@@ -71,7 +75,7 @@ def saved_bytes(model, ids, mask, autocast: bool) -> int:
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 def test_the_activation_formulas_match_what_autograd_saves(tmp_path, case):
     c = CASES[case]
-    model_type, batch, seq = c.get("model_type", "llama"), c.get("batch", 2), 40
+    model_type, batch, seq = c.get("model_type", "llama"), c.get("batch", 2), c.get("seq", 40)
     shape = {**SHAPE, **{k: c[k] for k in ("num_key_value_heads", "resid_pdrop") if k in c}}
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **shape)).save_pretrained(tmp_path)

@@ -55,7 +55,7 @@ def contiguous_head(model):
             handle.remove()
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(model, tokenizer, conversations: Sequence[List[Dict[str, Any]]], max_new_tokens: int = 96,
              batch_size: int = 8, tools: Optional[Sequence[Optional[Sequence[dict]]]] = None,
              **sampling) -> List[str]:
@@ -70,7 +70,7 @@ def generate(model, tokenizer, conversations: Sequence[List[Dict[str, Any]]], ma
     return _answers(model, tokenizer, conversations, max_new_tokens, batch_size, tools, None, sampling)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_pairs(model, tokenizer, conversations: Sequence[List[Dict[str, Any]]], max_new_tokens: int = 96,
                    batch_size: int = 8, tools: Optional[Sequence[Optional[Sequence[dict]]]] = None,
                    **sampling) -> Tuple[List[str], List[str]]:

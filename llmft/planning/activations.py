@@ -13,6 +13,7 @@ backward pass. So the activations are what norms, attention, activation function
 from dataclasses import dataclass
 from typing import Dict, Iterable
 
+from llmft.hardware import short_attention
 from llmft.planning.arch import Linear
 from llmft.planning.setup import Setup
 from llmft.planning.weights import trainable_tensors
@@ -84,17 +85,28 @@ def mask_bytes(s: Setup, input_bytes: int) -> int:
     return 1 if s.device == "cuda" else input_bytes
 
 
-def attention_saved(s: Setup, d: Dtypes) -> float:
+def math_attention(s: Setup) -> bool:
+    """Whether the run's ``sdpa`` attention runs torch's math kernel (the training loop's choice)."""
+    return s.attn_implementation == "sdpa" and short_attention(s.precision, s.device, s.seq_len)
+
+
+def attention_saved(s: Setup, d: Dtypes, grads: str = "qkv") -> float:
     """Bytes per token that one layer's attention saves.
 
     ``sdpa``: query, key, value and output (``a x d`` per head each) and the log-sum-exp (4 B per head). With
     padding (a micro-batch of more than one row) transformers passes a mask, so key and value are repeated to ``n`` heads and
     torch converts the boolean mask to a float one per layer (``a x S`` per token); a micro-batch of 1 needs no
-    mask and keeps ``k`` heads. ``eager`` keeps the softmax probabilities (fp32, plus a ``c`` copy under autocast:
+    mask and keeps ``k`` heads. torch's math kernel, which the loop picks for a short bf16 batch on a CPU
+    (``llmft.hardware.short_attention``), computes in fp32 and keeps the scaled query and key, the value (``n``
+    heads) and the probabilities (``4 x n x S`` per token, quadratic in ``S``), but no output, and only what
+    the gradients of ``grads`` need (a first layer with LoRA on q and v keeps no query). ``eager`` keeps the softmax probabilities (fp32, plus a ``c`` copy under autocast:
     ``(4 + c) x n x S`` per token, quadratic in ``S``); ``flash_attention_2`` keeps ``k`` heads and no mask.
     """
     a, arch = d.attention, s.arch
     n, k, hd = arch.num_attention_heads, arch.num_key_value_heads, arch.head_dim
+    if math_attention(s):  # in fp32, what the gradients of ``grads`` (those of q, k, v that need one) need
+        q, k, v = (x in grads for x in "qkv")
+        return 4 * n * (hd * (k + q + (q or k)) + s.seq_len * (q or k or v))
     if s.attn_implementation == "eager":
         probs = 4 * n * s.seq_len + (a * n * s.seq_len if a < 4 else 0)
         return 3 * a * n * hd + probs
@@ -103,14 +115,27 @@ def attention_saved(s: Setup, d: Dtypes) -> float:
     return a * (2 * n * hd + 2 * kv_heads * hd) + 4 * n + (a * s.seq_len if masked else 0)
 
 
+def copied_attention_output(s: Setup) -> bool:
+    """Whether the output projection's input is a tensor the attention already saved: sdpa's flash kernel saves its
+    output, whose transpose is the projection's contiguous input in Llama and Qwen2; eager attention, the math kernel
+    (which saves no output) and Phi (which copies it) give the projection a new tensor."""
+    return s.attn_implementation != "eager" and not math_attention(s) and s.arch.family != "phi"
+
+
+def norm_saved(s: Setup, d: Dtypes) -> int:
+    """Bytes per token one norm keeps: RMSNorm its fp32 input and reciprocal root; Phi's LayerNorm its input, mean
+    and rstd in the residual stream's dtype (bf16 under the CPU's autocast, which leaves layer_norm alone)."""
+    return 4 * s.arch.hidden_size + 4 if s.arch.family != "phi" else d.residual * (s.arch.hidden_size + 2)
+
+
 def layer_saved(s: Setup, d: Dtypes, input_grad: bool = True) -> Dict[str, float]:
     """Bytes per token one decoder layer saves, by part (``norms``, ``attention``, ``mlp``, ``lora``).
 
     A part saves only when a gradient flows through it: the first layer's input (the embeddings) carries none
     unless input gradients are switched on, so there the input norm and the dropout masks save nothing.
-    Llama (RMSNorm): each norm keeps its fp32 input and the reciprocal root (``4h + 4``); the SwiGLU MLP keeps the
+    Llama (RMSNorm): each norm keeps what ``norm_saved`` says; the SwiGLU MLP keeps the
     gate and up outputs and the activation (``3 x linear x I``). Phi (one LayerNorm, parallel attention and MLP):
-    the norm keeps its input, mean and rstd (``4h + 8``); the tanh-GELU keeps four I-sized tensors; the residual
+    the norm as ``norm_saved`` says; the tanh-GELU keeps four I-sized tensors; the residual
     dropout keeps two masks (``mask_bytes x h`` each).
     """
     short = {lin.name.split(".")[-1] for lin in s.lora.targets(s.arch)}
@@ -119,13 +144,13 @@ def layer_saved(s: Setup, d: Dtypes, input_grad: bool = True) -> Dict[str, float
         chosen.setdefault(lin.fed_by, []).extend([lin] if lin.name.split(".")[-1] in short else [])
     parts = {"norms": 0.0, "attention": 0.0, "mlp": 0.0, "lora": 0.0}
     h, i = s.arch.hidden_size, s.arch.intermediate_size
-    norm = 4 * h + (8 if s.arch.family == "phi" else 4)
+    norm = norm_saved(s, d)
     parts["norms"] += norm if input_grad else 0
     parts["lora"] += lora_saved(s, d, chosen["attn_in"], input_grad, d.residual)
     attn_grad = input_grad or bool(short & {"q_proj", "k_proj", "v_proj"})
-    parts["attention"] += attention_saved(s, d) if attn_grad else 0
-    # sdpa's output, which it saves, is the output projection's input (its transpose is contiguous); eager copies
-    parts["lora"] += lora_saved(s, d, chosen["attn_out"], attn_grad, d.attention, s.attn_implementation != "eager")
+    grads = "".join(x for x in "qkv" if input_grad or f"{x}_proj" in short)
+    parts["attention"] += attention_saved(s, d, grads) if attn_grad else 0
+    parts["lora"] += lora_saved(s, d, chosen["attn_out"], attn_grad, d.attention, copied_attention_output(s))
     out_grad = attn_grad or bool(short & {"o_proj", "dense"})
     if s.arch.family == "phi":
         return _phi_mlp(s, d, parts, chosen, short, input_grad, out_grad)
@@ -157,7 +182,7 @@ def activations_per_token(s: Setup) -> Dict[str, float]:
     rest = layer_saved(s, d, input_grad=True)
     layers = s.arch.num_hidden_layers
     total = {k: first[k] + rest[k] * (layers - 1) for k in rest}
-    total["norms"] += 4 * s.arch.hidden_size + (8 if s.arch.family == "phi" else 4)
+    total["norms"] += norm_saved(s, d)
     return total
 
 
