@@ -11,6 +11,7 @@ optimizer state as one that was never stopped: its final adapter is the same, te
 """
 
 import contextlib
+import functools
 import logging
 import math
 import signal
@@ -241,14 +242,13 @@ class TrainingLoop:
         loss_sum, sums = torch.zeros((), device=accelerator.device), {}
         for i, batch in enumerate(window):
             sync = accelerator.no_sync(model) if i < len(window) - 1 else contextlib.nullcontext()
-            kernel = attention_kernel(self.precision, self.device, batch["input_ids"].shape[-1])
-            with sync, accelerator.autocast(), kernel:
+            kernel = functools.partial(attention_kernel, self.precision, self.device, batch["input_ids"].shape[-1])
+            with sync, accelerator.autocast(), kernel():
                 loss, figures = objective.loss_and_figures(model, batch)
                 loss = loss / max(units, 1)
-            for key, value in figures.items():
-                sums[key] = sums.get(key, 0.0) + value
-            # DDP averages gradients over processes; the loss is already divided by the global token count.
-            accelerator.backward(loss * accelerator.num_processes)
+            sums.update({key: sums.get(key, 0.0) + value for key, value in figures.items()})
+            with kernel():  # gradient checkpointing recomputes the forward here: with the same kernel
+                accelerator.backward(loss * accelerator.num_processes)  # DDP averages: x processes
             loss_sum += loss.detach().float()
         # each process holds its share of the window's loss and tokens: the step's figures are their sums
         keys = sorted(sums)

@@ -45,17 +45,23 @@ def test_cpu_profile_defaults_to_auto_everywhere_it_is_read(make_cfg, monkeypatc
     assert setup_from_cfg(make_cfg(["hardware.precision=auto"])).precision == "bf16"
 
 
-def _attention_kernels(tmp_path, length: int) -> set:
+def _attention_kernels(tmp_path, length: int, checkpointing: bool = False) -> set:
     """The attention kernels the training loop's steps ran in bf16 on the CPU for records of ``length`` tokens, read
     from the autograd graph that the output projection's input hangs from."""
     import torch
+    from peft import LoraConfig
 
+    from llmft.adapters import apply_lora
     from llmft.data import pad_collate
     from llmft.loop import Hardware, TrainingLoop
+    from llmft.models import build_tiny
     from llmft.recording import RunRecorder
-    from tests.test_cuda_paths import _tiny_lora
+    from tests.test_cuda_paths import ARCH
 
-    model, tok = _tiny_lora(tmp_path, dtype="bfloat16")
+    loaded = build_tiny(arch=ARCH, cache_dir=str(tmp_path), dtype="bfloat16")
+    tok = loaded.tokenizer
+    model = apply_lora(loaded.model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                task_type="CAUSAL_LM"), gradient_checkpointing=checkpointing)
     seen = set()
 
     def kernel(module, args):
@@ -84,3 +90,9 @@ def test_short_bf16_batches_on_a_cpu_attend_with_the_math_kernel_long_ones_with_
     assert not hardware.short_attention("fp32", "cpu", 64) and not hardware.short_attention("bf16", "cuda", 64)
     assert _attention_kernels(tmp_path / "short", 40) == {"math"}
     assert _attention_kernels(tmp_path / "long", hardware.SHORT_ATTENTION_TOKENS) == {"flash"}
+
+
+def test_gradient_checkpointing_recomputes_a_short_batch_with_the_kernel_of_its_forward(tmp_path):
+    """The recomputation runs in the backward pass: with torch's default kernel there, the checkpoint finds other
+    tensors than the forward saved and stops the step (``CheckpointError``)."""
+    assert _attention_kernels(tmp_path, 40, checkpointing=True) == {"math"}
