@@ -130,6 +130,11 @@ def loads_on_main_only(plugin: Any, quantized: bool) -> bool:
     return shards_model(plugin) and bool(plugin.cpu_ram_efficient_loading) and not quantized
 
 
+def weights_held_mb(model: torch.nn.Module) -> float:
+    """MiB of the model's parameters that this process holds (those not on the meta device)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters() if not p.is_meta) / 2**20
+
+
 def hold_trainable(model: torch.nn.Module) -> None:
     """Give the trainable parameters (the adapters) of a model built on the meta device storage on the CPU.
 

@@ -18,7 +18,7 @@ from llmft.checkpoint import CheckpointStore
 from llmft.config.validate import validate
 from llmft.data.batching import epoch_batches
 from llmft.distributed import (each_process, hold_trainable, is_main_rank, loads_on_main_only, main_process_first,
-                               shards_model, trainable_state)
+                               shards_model, trainable_state, weights_held_mb)
 from llmft.environment import describe_environment
 from llmft.errors import DeviceUnavailableError
 from llmft.evaluation import Perplexity, build_eval_report, samples_markdown
@@ -139,6 +139,7 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
     model = with_new_adapter(cfg, loaded, hardware.device, place=not on_main_only)
     if on_main_only and not is_main_rank():
         hold_trainable(model)
+    held = each_process(round(weights_held_mb(model), 1))  # before sharding; under FSDP the main process's alone
     evaluators = build_evaluators(cfg)
     base_eval = BaseEvaluation(cfg, recorder.output_dir / "base_eval.json", resume, unpaired(evaluators, model),
                           tokenizer, eval_data)
@@ -179,7 +180,8 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
             "trainable_params": trainable, "total_params": total, "tokens_per_s": round(result.tokens_per_s, 1),
             "train_duration_s": round(result.duration_s, 1), "base_eval_duration_s": round(base_eval.seconds, 1),
             "eval_duration_s": round(eval_s, 1),
-            "longest_sequence": max(max(lengths), longest_sequence(eval_data.tokenized))}
+            "longest_sequence": max(max(lengths), longest_sequence(eval_data.tokenized)),
+            **({"weights_loaded_mb_per_process": held} if len(held) > 1 else {})}
 
 
 class BaseEvaluation:

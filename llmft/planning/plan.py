@@ -163,8 +163,8 @@ def _overhead(s: Setup, terms: List[Term]) -> Term:
     (``CPU_BASELINE_BYTES``), plus what glibc keeps resident of the step's freed temporaries: the activations and
     logits of one step are freed and allocated again in the next, and the heap holds on to a share of them
     (``CPU_RETENTION``). With several processes, one copy of the whole base weights made at start-up and freed
-    stays resident too (``CPU_STARTUP_COPY``): FSDP's whole weights once sharded (only the main process's with
-    ``cpu_ram_efficient_loading``: the plan is the largest process's), DDP's broadcast of the parameters
+    stays resident too (``CPU_STARTUP_COPY``): FSDP's whole weights once sharded (with ``cpu_ram_efficient_loading``
+    the main process's, and the others' buffers that receive each whole parameter from it), DDP's broadcast of the parameters
     from the main process.
     """
     peak = sum(t.bytes for t in terms)
@@ -180,5 +180,6 @@ def _overhead(s: Setup, terms: List[Term]) -> Term:
                 f"{100 * CPU_RETENTION:.0f}% of activations and logits that the heap keeps resident"
                 + (f" + the whole base weights' start-up copy, freed and kept resident ({startup / 2**20:.0f} MiB: "
                    + ("DDP's broadcast of the parameters)" if s.distributed == "ddp" else
-                      "the whole weights the main process shards from)" if sharding.main_only(s) else
+                      "the whole weights the main process shards from; the others' buffers they arrive in)"
+                      if sharding.main_only(s) else
                       "the weights each process loads before sharding)") if startup else ""))
