@@ -142,7 +142,7 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
     held = each_process(round(weights_held_mb(model), 1))  # before sharding; under FSDP the main process's alone
     evaluators = build_evaluators(cfg)
     base_eval = BaseEvaluation(cfg, recorder.output_dir / "base_eval.json", resume, unpaired(evaluators, model),
-                          tokenizer, eval_data)
+                               tokenizer, eval_data)
     if not shards_model(spread):  # under FSDP: in the loop, on the shards (every process takes part)
         base_eval(model)
     loop, lengths = build(cfg.trainer), objective.lengths(train_set)
