@@ -16,7 +16,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, KwargsHandler, gather_object
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
                                                      set_optimizer_state_dict)
-from torch.distributed.fsdp import CPUOffloadPolicy
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from llmft.errors import ConfigError, PeerError
@@ -128,6 +128,20 @@ def loads_on_main_only(plugin: Any, quantized: bool) -> bool:
     and broadcasts the main process's weights, shard by shard. Not for a ``quantized`` model: accelerate leaves
     bitsandbytes' 4-bit weights out of that path, so every process loads the whole quantized model."""
     return shards_model(plugin) and bool(plugin.cpu_ram_efficient_loading) and not quantized
+
+
+def reinit_shards(model: torch.nn.Module) -> None:
+    """Let FSDP see the adapters as trainable again after a first forward with the adapter disabled.
+
+    FSDP2 sets each group's gradient dtypes at the model's first forward, from the parameters that require grad
+    then; peft's ``disable_adapter`` turns that off for the adapters, so a base evaluation as the first forward
+    leaves their bf16 gradients uncast to fp32 ("attempting to assign a gradient with dtype BFloat16 to a tensor
+    with grad_dtype Float"). ``unshard`` initialises a module's groups again (a gather: every process calls this).
+    """
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.unshard()
+            module.reshard()
 
 
 def weights_held_mb(model: torch.nn.Module) -> float:

@@ -18,7 +18,7 @@ from llmft.checkpoint import CheckpointStore
 from llmft.config.validate import validate
 from llmft.data.batching import epoch_batches
 from llmft.distributed import (each_process, hold_trainable, is_main_rank, loads_on_main_only, main_process_first,
-                               shards_model, trainable_state, weights_held_mb)
+                               reinit_shards, shards_model, trainable_state, weights_held_mb)
 from llmft.environment import describe_environment
 from llmft.errors import DeviceUnavailableError
 from llmft.evaluation import Perplexity, build_eval_report, samples_markdown
@@ -205,6 +205,7 @@ class BaseEvaluation:
         else:
             self.results = evaluate(self.cfg, self.evaluators, model, self.tokenizer, self.eval_data, base=True)
             write_json(self.path, self.results)
+            reinit_shards(model)  # under FSDP: that was the first forward, with the adapter disabled
         self.seconds = time.perf_counter() - started
 
 

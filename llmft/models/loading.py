@@ -154,6 +154,7 @@ def empty_model(source: str, *, revision: Optional[str], trust_remote_code: bool
     config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, **kwargs)
+    model.tie_weights()  # as from_pretrained leaves them (SmolLM2's head is its embeddings); from_config does not
     try:
         model.generation_config = GenerationConfig.from_pretrained(source, revision=revision)
     except OSError:  # none saved: the config's defaults, as from_pretrained keeps them
