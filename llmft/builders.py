@@ -35,19 +35,22 @@ def build(node: Any, **kwargs: Any) -> Any:
     return instantiate(node, _partial_=True, _convert_="all")(**kwargs)
 
 
-def build_model(cfg: DictConfig, device: str, quantized: bool = True, dtype: Optional[str] = None):
+def build_model(cfg: DictConfig, device: str, quantized: bool = True, dtype: Optional[str] = None,
+                empty: bool = False):
     """The base model and tokenizer (a ``LoadedModel``) as the run loads them: its quantization (unless
-    ``quantized`` is False) and, unquantized, the dtype its precision gives on ``device`` (or ``dtype``)."""
+    ``quantized`` is False) and, unquantized, the dtype its precision gives on ``device`` (or ``dtype``). ``empty``:
+    without its weights, the parameters on the meta device (FSDP's other processes: ``loads_on_main_only``)."""
     return build(cfg.model, quantization_config=build(cfg.quantization) if quantized else None,
-                 dtype=dtype or weights_dtype(cfg.hardware.precision, device), device=device,
+                 dtype=dtype or weights_dtype(cfg.hardware.precision, device), device="meta" if empty else device,
                  cache_dir=cfg.paths.cache_dir)
 
 
-def with_new_adapter(cfg: DictConfig, loaded, device: str):
+def with_new_adapter(cfg: DictConfig, loaded, device: str, place: bool = True):
     """``loaded``'s model with fresh trainable adapters (``cfg.lora``), on ``device`` unless quantized (where the
-    weights already are)."""
-    return _placed(apply_lora(loaded.model, build(cfg.lora), cfg.hardware.gradient_checkpointing,
-                              cfg.hardware.get("fused_lora", False)), loaded, device)
+    weights already are) or not ``place``d (left where they are, for FSDP to shard from there)."""
+    model = apply_lora(loaded.model, build(cfg.lora), cfg.hardware.gradient_checkpointing,
+                       cfg.hardware.get("fused_lora", False))
+    return _placed(model, loaded, device) if place else model
 
 
 def with_saved_adapter(loaded, adapter, device: str, fused: bool = False):

@@ -16,10 +16,10 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, KwargsHandler, gather_object
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
                                                      set_optimizer_state_dict)
-from torch.distributed.fsdp import CPUOffloadPolicy
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from llmft.errors import ConfigError
+from llmft.errors import ConfigError, PeerError
 
 log = logging.getLogger(__name__)
 MIXED_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}  # accelerate's names
@@ -82,20 +82,83 @@ def is_main_rank() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def main_process_goes_first(device: str) -> Callable[[], None]:
-    """With several processes, the others wait here until the main one calls the returned function, and then the
-    other processes of each machine wait for its first one: what these write to the caches (a converted model,
-    tokenized data) is complete when the others read it, whether or not the machines share a file system."""
+@contextlib.contextmanager
+def main_process_first(device: str) -> Iterator[None]:
+    """With several processes, the others wait until the main one has run the block, and then the other processes
+    of each machine wait for its first one: what these write to the caches (a converted model, tokenized data) is
+    complete when the others read it, whether or not the machines share a file system.
+
+    A failure in the block on any process is raised on every process once each has run it: the one that failed
+    raises its own error, the others a ``PeerError`` that quotes it. No process is left waiting in a collective
+    for one that has stopped (rank 0 unable to load the model stops every rank with that message).
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return lambda: None
+        yield
+        return
     state = PartialState(cpu=device == "cpu")  # the process group; the loop's Accelerator reuses it
-    if state.is_main_process:
-        return lambda: (state.wait_for_everyone(), state.wait_for_everyone())
-    state.wait_for_everyone()
-    if state.is_local_main_process:
-        return state.wait_for_everyone
-    state.wait_for_everyone()
-    return lambda: None
+    first, local_first = state.is_main_process, state.is_main_process or state.is_local_main_process
+    for _ in range((not first) + (not local_first)):
+        state.wait_for_everyone()
+    error = None
+    try:
+        yield
+    except Exception as exc:  # raised below, on every process
+        error = exc
+    for _ in range(first + local_first):
+        state.wait_for_everyone()
+    failures = each_process(None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    failed = [(rank, message) for rank, message in enumerate(failures) if message is not None]
+    if failed:
+        rank, message = failed[0]
+        raise PeerError(f"process {rank} of {len(failures)} failed before training, and this one stops with it: "
+                        f"{message}")
+
+
+def shards_model(plugin: Any) -> bool:
+    """Whether the loop shards the model: ``plugin`` is FSDP's and there are several processes."""
+    return isinstance(plugin, FullyShardedDataParallelPlugin) and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def loads_on_main_only(plugin: Any, quantized: bool) -> bool:
+    """Whether only the main process loads the weights: FSDP over several processes with accelerate's
+    ``cpu_ram_efficient_loading`` (``conf/distributed/fsdp.yaml``). The main process holds the whole weights on the
+    CPU, the others the model on the meta device; accelerate's ``prepare`` shards the meta model on every process
+    and broadcasts the main process's weights, shard by shard. Not for a ``quantized`` model: accelerate leaves
+    bitsandbytes' 4-bit weights out of that path, so every process loads the whole quantized model."""
+    return shards_model(plugin) and bool(plugin.cpu_ram_efficient_loading) and not quantized
+
+
+def reinit_shards(model: torch.nn.Module) -> None:
+    """Let FSDP see the adapters as trainable again after a first forward with the adapter disabled.
+
+    FSDP2 sets each group's gradient dtypes at the model's first forward, from the parameters that require grad
+    then; peft's ``disable_adapter`` turns that off for the adapters, so a base evaluation as the first forward
+    leaves their bf16 gradients uncast to fp32 ("attempting to assign a gradient with dtype BFloat16 to a tensor
+    with grad_dtype Float"). ``unshard`` initialises a module's groups again (a gather: every process calls this).
+    """
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.unshard()
+            module.reshard()
+
+
+def weights_held_mb(model: torch.nn.Module) -> float:
+    """MiB of the model's parameters that this process holds (those not on the meta device)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters() if not p.is_meta) / 2**20
+
+
+def hold_trainable(model: torch.nn.Module) -> None:
+    """Give the trainable parameters (the adapters) of a model built on the meta device storage on the CPU.
+
+    Their values come from the main process with the others when the model is sharded; but accelerate matches the
+    optimizer's parameters to their shards by storage address, which meta tensors lack (all are 0).
+    """
+    for module in model.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            if param.requires_grad and param.is_meta:
+                setattr(module, name, torch.nn.Parameter(torch.zeros_like(param, device="cpu")))
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
@@ -193,9 +256,13 @@ def own_share(accelerator: Accelerator, saved: Any, what: str) -> Any:
 
 def make_accelerator(precision: str, device: str, plugin: Any) -> Accelerator:
     """accelerate for this run's precision (``bf16``/``fp16``/``fp32``), device and way of spreading the work (fp16
-    on a GPU brings its loss scaler; ``plugin`` the DDP or FSDP plugin, or None)."""
-    return Accelerator(mixed_precision=MIXED_PRECISION[precision], cpu=device == "cpu",
-                       **accelerator_options(plugin))
+    on a GPU brings its loss scaler; ``plugin`` the DDP or FSDP plugin, or None); FSDP on CPU processes too
+    (``shard_on_cpu``)."""
+    with fsdp_environment():
+        accelerator = Accelerator(mixed_precision=MIXED_PRECISION[precision], cpu=device == "cpu",
+                                  **accelerator_options(plugin))
+    shard_on_cpu(accelerator, plugin)
+    return accelerator
 
 
 class Sharded:

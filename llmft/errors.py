@@ -21,6 +21,10 @@ class ModelLoadError(LlmftError):
     """Model weights or a tokenizer that cannot be found or loaded."""
 
 
+class PeerError(LlmftError):
+    """Another process of a run on several processes failed; this one stops with it (its message quotes that one)."""
+
+
 class NonFiniteLossError(LlmftError):
     """The training loss became NaN or infinite."""
 

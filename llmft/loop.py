@@ -29,8 +29,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_scheduler
 
 from llmft.checkpoint import CheckpointStore, load_latest, save_checkpoint, set_rng_state
-from llmft.distributed import (BatchPlan, Sharded, agreed_signal, clip_gradients, fsdp_environment, make_accelerator,
-                               shard_on_cpu, to_device)
+from llmft.distributed import BatchPlan, Sharded, agreed_signal, clip_gradients, make_accelerator, to_device
 from llmft.errors import NonFiniteLossError
 from llmft.hardware import attention_kernel
 from llmft.interrupt import Interrupted, StopFlag
@@ -127,7 +126,7 @@ class TrainingLoop:
     def fit(self, model: torch.nn.Module, dataset, collate: Callable, *, batch_plan: BatchPlan, hardware: Hardware,
             optimizer: Callable, recorder: RunRecorder, validate: Optional[Callable] = None,
             objective=None, checkpoints: Optional[CheckpointStore] = None, resume: bool = False,
-            resume_command: str = "") -> TrainResult:
+            resume_command: str = "", prepared: Optional[Callable] = None) -> TrainResult:
         """Train ``model`` in place; continue from the newest valid checkpoint when ``resume``.
 
         Args:
@@ -144,6 +143,7 @@ class TrainingLoop:
             checkpoints: where checkpoints go; None writes none (and a signal then stops without one).
             resume: continue from ``checkpoints.latest()``.
             resume_command: the command that resumes this run, printed when a signal stops it.
+            prepared: called with the model once accelerate has prepared (under FSDP: sharded) it, before training.
 
         Returns:
             Steps run, losses, throughput and duration.
@@ -156,13 +156,13 @@ class TrainingLoop:
         AcceleratorState._reset_state()  # a sweep's jobs share this process; each sets its own precision
         GradientState._reset_state()
         self.device, self.precision = hardware.device, hardware.precision
-        with fsdp_environment():
-            accelerator = make_accelerator(hardware.precision, hardware.device, hardware.distributed)
-        shard_on_cpu(accelerator, hardware.distributed)
+        accelerator = make_accelerator(hardware.precision, hardware.device, hardware.distributed)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = optimizer(params, lr=self.learning_rate, weight_decay=self.weight_decay)
         model, opt = accelerator.prepare(model, opt)
         params = [p for p in model.parameters() if p.requires_grad]  # FSDP has replaced them by their shards
+        if prepared is not None:
+            prepared(model)
         epoch_batches = Sharded(batch_plan, accelerator.process_index, accelerator.num_processes)
         accum = hardware.gradient_accumulation_steps
         steps_per_epoch = math.ceil(len(epoch_batches(0)) / accum)

@@ -17,7 +17,8 @@ from llmft.builders import (build, build_evaluators, build_model, evaluate, eval
 from llmft.checkpoint import CheckpointStore
 from llmft.config.validate import validate
 from llmft.data.batching import epoch_batches
-from llmft.distributed import each_process, is_main_rank, main_process_goes_first, trainable_state
+from llmft.distributed import (each_process, hold_trainable, is_main_rank, loads_on_main_only, main_process_first,
+                               reinit_shards, shards_model, trainable_state, weights_held_mb)
 from llmft.environment import describe_environment
 from llmft.errors import DeviceUnavailableError
 from llmft.evaluation import Perplexity, build_eval_report, samples_markdown
@@ -125,21 +126,25 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
     objective = build(cfg.objective)
     objective.collate(0, cfg.data.packing)  # refuses what the objective cannot batch, before weights are loaded
     set_seed(cfg.seed)
-    cached = main_process_goes_first(hardware.device)  # the others then read the model and data it cached
-    splits = read_splits(cfg, recorder.output_dir)
+    spread = build(cfg.get("distributed"))
+    on_main_only = loads_on_main_only(spread, cfg.quantization is not None)
     use_device(hardware.device)  # this rank's GPU, current before any weight loads
-    loaded = build_model(cfg, hardware.device)
-    tokenizer = loaded.tokenizer
-    train_set, train_dropped = tokenize_split(cfg, tokenizer, splits.train, "train", objective)
-    eval_data = evaluation_data(cfg, tokenizer, splits.val)
-    cached()
+    with main_process_first(hardware.device):  # the others then read the model and data it cached
+        splits = read_splits(cfg, recorder.output_dir)
+        loaded = build_model(cfg, hardware.device, empty=on_main_only and not is_main_rank())
+        tokenizer = loaded.tokenizer
+        train_set, train_dropped = tokenize_split(cfg, tokenizer, splits.train, "train", objective)
+        eval_data = evaluation_data(cfg, tokenizer, splits.val)
     set_seed(cfg.seed)  # the adapters' initial weights do not depend on what loading did (a first-run conversion)
-    model = with_new_adapter(cfg, loaded, hardware.device)
+    model = with_new_adapter(cfg, loaded, hardware.device, place=not on_main_only)
+    if on_main_only and not is_main_rank():
+        hold_trainable(model)
+    held = each_process(round(weights_held_mb(model), 1))  # before sharding; under FSDP the main process's alone
     evaluators = build_evaluators(cfg)
-    started = time.perf_counter()
-    base = _base_results(cfg, recorder.output_dir / "base_eval.json", resume, unpaired(evaluators, model), model,
-                         tokenizer, eval_data)
-    base_eval_s = time.perf_counter() - started
+    base_eval = BaseEvaluation(cfg, recorder.output_dir / "base_eval.json", resume, unpaired(evaluators, model),
+                               tokenizer, eval_data)
+    if not shards_model(spread):  # under FSDP: in the loop, on the shards (every process takes part)
+        base_eval(model)
     loop, lengths = build(cfg.trainer), objective.lengths(train_set)
     validate_fn = functools.partial(_validation, cfg, Perplexity(hardware.micro_batch_size), tokenizer=tokenizer,
                                     data=eval_data)
@@ -150,13 +155,14 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
                           max_tokens=hardware.micro_batch_size * cfg.data.max_seq_length),
                       hardware=Hardware(hardware.device, resolve_precision(hardware.precision, hardware.device),
                                         hardware.micro_batch_size, hardware.gradient_accumulation_steps,
-                                        build(cfg.get("distributed"))),
+                                        spread),
                       optimizer=build(hardware.optimizer), recorder=recorder, objective=objective,
                       validate=validate_fn if len(eval_data.tokenized) else None,
                       checkpoints=CheckpointStore(recorder.output_dir / "checkpoints", cfg.trainer.keep_checkpoints),
-                      resume=resume, resume_command=resume_command)
+                      resume=resume, resume_command=resume_command,
+                      prepared=base_eval if shards_model(spread) else None)
     started = time.perf_counter()
-    base, tuned = evaluate_both(cfg, evaluators, model, tokenizer, eval_data, base)
+    base, tuned = evaluate_both(cfg, evaluators, model, tokenizer, eval_data, base_eval.results)
     eval_s = time.perf_counter() - started
     report = build_eval_report(base, tuned)
     recorder.write_json("eval_report.json", report)
@@ -172,20 +178,35 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
             "perplexity": report.get("perplexity"), "base_perplexity": report["base"].get("perplexity"),
             "answer_means": report.get("answer_means"),
             "trainable_params": trainable, "total_params": total, "tokens_per_s": round(result.tokens_per_s, 1),
-            "train_duration_s": round(result.duration_s, 1), "base_eval_duration_s": round(base_eval_s, 1),
+            "train_duration_s": round(result.duration_s, 1), "base_eval_duration_s": round(base_eval.seconds, 1),
             "eval_duration_s": round(eval_s, 1),
-            "longest_sequence": max(max(lengths), longest_sequence(eval_data.tokenized))}
+            "longest_sequence": max(max(lengths), longest_sequence(eval_data.tokenized)),
+            **({"weights_loaded_mb_per_process": held} if len(held) > 1 else {})}
 
 
-def _base_results(cfg: DictConfig, path: Path, resume: bool, evaluators, model, tokenizer,
-                  eval_data) -> Dict[str, dict]:
-    """The base model's evaluation: computed once (adapter disabled) and kept, so a resumed run reuses it."""
-    if resume and path.is_file():
-        log.info("Base model figures from %s (computed before the interruption)", path)
-        return read_json(path, "base evaluation")
-    base = evaluate(cfg, evaluators, model, tokenizer, eval_data, base=True)
-    write_json(path, base)
-    return base
+class BaseEvaluation:
+    """The base model's evaluation (adapter disabled): computed once and kept in ``path``, so that a resumed run
+    reuses it. Called with the model before training, or under FSDP by the loop with the sharded model, on every
+    process; the main process's kept figures decide for all (the others' run folders are scratch folders)."""
+
+    def __init__(self, cfg: DictConfig, path: Path, resume: bool, evaluators, tokenizer, eval_data):
+        self.cfg, self.path, self.resume, self.evaluators = cfg, path, resume, evaluators
+        self.tokenizer, self.eval_data = tokenizer, eval_data
+        self.results: Dict[str, dict] = {}
+        self.seconds = 0.0
+
+    def __call__(self, model) -> None:
+        started = time.perf_counter()
+        kept = read_json(self.path, "base evaluation") if self.resume and self.path.is_file() else None
+        kept = each_process(kept)[0]
+        if kept is not None:
+            log.info("Base model figures from %s (computed before the interruption)", self.path)
+            self.results = kept
+        else:
+            self.results = evaluate(self.cfg, self.evaluators, model, self.tokenizer, self.eval_data, base=True)
+            write_json(self.path, self.results)
+            reinit_shards(model)  # under FSDP: that was the first forward, with the adapter disabled
+        self.seconds = time.perf_counter() - started
 
 
 def _save_outputs(folder: Path, model, tokenizer, samples: str) -> None:

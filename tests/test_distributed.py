@@ -1,8 +1,10 @@
 """Several CPU processes (gloo, started by `accelerate launch`): DDP and FSDP2 train together, follow the one-process
-loss curve, write one run folder, and resume from a checkpoint to the same adapter."""
+loss curve, write one run folder, and resume from a checkpoint to the same adapter. Under FSDP only the main process
+loads the weights, and the base model is evaluated on the shards."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,7 +20,7 @@ from safetensors.torch import load_file
 # 16 records, micro-batch 8: two micro-batches per epoch, one optimizer step per epoch, whatever the process count.
 # fp32 and no LoRA dropout (each process draws its own masks) so that the curves can be compared tightly; clipping
 # at 0.5 is active (the gradient norm is about 0.8).
-RUN = ["experiment=smoke", "eval=none", "hardware.precision=fp32", "hardware.micro_batch_size=8", "lora.lora_dropout=0",
+RUN = ["experiment=smoke", "eval=perplexity", "hardware.precision=fp32", "hardware.micro_batch_size=8", "lora.lora_dropout=0",
        "trainer.learning_rate=3e-3", "trainer.max_grad_norm=0.5", "trainer.save_every=1", "trainer.keep_checkpoints=5"]
 LOSS_TOLERANCE = 1e-5   # relative, per step (measured: 0 with DDP, 9e-8 with FSDP)
 ADAPTER_TOLERANCE = 1e-6  # absolute, per weight (measured: 0 with DDP, 2e-8 with FSDP)
@@ -93,13 +95,81 @@ def test_fsdp_shards_the_model_and_writes_one_run_folder(runs):
 
 
 @pytest.mark.slow
+def test_under_fsdp_the_base_model_is_evaluated_on_the_shards_to_the_one_process_figures(runs):
+    log = runs["fsdp_log"]
+    assert log.index("FSDP2 over 2 processes") < log.index("Evaluating the base model")  # after sharding
+    for a, b in zip(perplexities(runs["one"]), perplexities(runs["fsdp"])):  # measured: equal to the last bit
+        assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=LOSS_TOLERANCE)
+        assert (b["num_samples"], b["total_tokens"]) == (a["num_samples"], a["total_tokens"])
+
+
+def perplexities(run) -> list:
+    """The base model's perplexity figures as computed before training, and the report's base and fine-tuned ones."""
+    report = json.loads((run / "eval_report.json").read_text())
+    return [json.loads((run / "base_eval.json").read_text())["perplexity"], report["base"], report]
+
+
+@pytest.mark.slow
 def test_a_two_process_fsdp_run_resumed_from_its_checkpoint_ends_with_the_same_adapter(runs, tmp_path, cache_dir):
     stopped = killed_after_step_2(runs["fsdp"], tmp_path / "stopped")
     result = launch(2, f"resume={stopped}", cwd=tmp_path, cache_dir=cache_dir)
     assert "Resumed from" in result.stdout + result.stderr
+    assert "Base model figures from" in result.stdout + result.stderr  # the main process's, for every process
     assert losses(stopped) == losses(runs["fsdp"])
     a, b = adapter(runs["fsdp"]), adapter(stopped)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    summaries = [json.loads((run / "summary.json").read_text()) for run in (runs["fsdp"], stopped)]
+    assert summaries[0]["base_perplexity"] == summaries[1]["base_perplexity"]
+
+
+# a tiny model made big enough to see: 4 layers of 1024 x 4096, 63M parameters, 121 MiB in bf16
+BIG = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 4, "num_attention_heads": 8,
+       "num_key_value_heads": 4, "max_position_embeddings": 2048}
+
+
+@pytest.mark.slow
+def test_under_fsdp_only_the_main_process_holds_the_whole_weights_before_sharding(tmp_path, cache_dir):
+    """Rank 1 builds the model on the meta device and receives its shards from rank 0; with accelerate's
+    cpu_ram_efficient_loading off, each process loads the whole weights. Both train to the same loss, in bf16 with
+    the base model evaluated first on the shards (that first forward, adapter disabled, once left the adapters'
+    bf16 gradients uncast: llmft.distributed.reinit_shards)."""
+    from llmft.models import build_tiny
+
+    build_tiny(arch=BIG, cache_dir=cache_dir)  # built here, so that building it is no process's peak
+    arch = [f"model.arch.{key}={value}" for key, value in BIG.items()]
+    summaries = {}
+    for main_only in (True, False):
+        run = tmp_path / f"main-only-{main_only}"
+        launch(2, "experiment=smoke", *arch, "distributed=fsdp", f"distributed.cpu_ram_efficient_loading={main_only}",
+               "hardware.precision=bf16", "eval=perplexity", "hardware.micro_batch_size=1", "data.max_seq_length=256",
+               "lora.lora_dropout=0", "trainer.max_steps=2", f"hydra.run.dir={run}", cwd=tmp_path, cache_dir=cache_dir)
+        summaries[main_only] = json.loads((run / "summary.json").read_text())
+    whole = summaries[False]["weights_loaded_mb_per_process"][0]  # bf16 weights, fp32 adapters
+    adapters = summaries[True]["trainable_params"] * 4 / 2**20
+    assert whole > 100
+    assert summaries[True]["weights_loaded_mb_per_process"] == pytest.approx([whole, adapters], abs=0.1)
+    assert summaries[False]["weights_loaded_mb_per_process"] == pytest.approx([whole, whole], abs=0.1)
+    assert summaries[True]["final_train_loss"] == pytest.approx(summaries[False]["final_train_loss"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_the_main_process_failing_to_load_the_model_stops_every_process_with_its_message(tmp_path, cache_dir):
+    """Damaged weights: the main process cannot load them, the other builds the model from its config alone and
+    would wait for the main process's shards; instead each process stops with the main process's error."""
+    from llmft.models import build_tiny
+
+    cache, arch = tmp_path / "cache", {**BIG, "num_hidden_layers": 1}
+    folder = Path(build_tiny(arch=arch, cache_dir=str(cache)).source)
+    (folder / "model.safetensors").write_bytes(b"damaged")
+    started = time.time()
+    result = launch(2, "experiment=smoke", *[f"model.arch.{k}={v}" for k, v in arch.items()], "distributed=fsdp", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+                    cache_dir=str(cache), check=False)
+    assert result.returncode != 0 and time.time() - started < 300
+    output = result.stdout + result.stderr
+    assert "error: could not read the weights of model tiny-llama" in output  # the main process
+    assert "error: process 0 of 2 failed before training, and this one stops with it: ModelLoadError: could not " \
+           "read the weights" in output  # the other one
+    assert not re.search(r'File ".*/llmft/', output)  # no traceback of ours: one paragraph each
 
 
 @pytest.mark.slow

@@ -98,8 +98,8 @@ def test_plan_of_one_device_meets_the_peak_resident_memory_of_each_of_two_proces
     assert summary["longest_sequence"] == plan["sequence_length"]
     peaks = summary["peak_memory_mb_per_process"]
     assert len(peaks) == 2 and summary["peak_memory_mb"] == max(peaks)
-    if mode == "fsdp":  # the plan's "before sharding": the base is evaluated whole, then the loop shards the model
+    if mode == "fsdp":  # the plan's "before sharding": the main process's whole model; the base is evaluated on shards
         log = result.stdout + result.stderr
-        assert log.index("Evaluating the base model") < log.index("FSDP2 over 2 processes")
+        assert log.index("FSDP2 over 2 processes") < log.index("Evaluating the base model")
     errors = [100 * (summary["predicted_peak_mb"] - peak) / peak for peak in peaks]
     assert all(abs(e) <= PER_PROCESS_TOLERANCE_PCT for e in errors), (errors, summary)

@@ -69,18 +69,33 @@ def test_fsdp_offload_keeps_the_shards_in_host_memory_on_a_gpu(make_cfg):
         replace(cpu, distributed="fsdp")))
 
 
-def test_sharding_shrinks_the_weights_per_device_but_each_process_loads_the_whole_model_first(make_cfg):
+def test_sharding_shrinks_the_weights_per_device_and_only_the_main_process_holds_the_whole_model(make_cfg):
     base = ["model=llama-3.2-1b", "hardware=h100-80gb", "hardware.micro_batch_size=1", "data.max_seq_length=128",
             "distributed=fsdp"]
     one = plan_memory(setup_from_cfg(make_cfg(base)))
     eight = plan_memory(setup_from_cfg(make_cfg([*base, "hardware.num_processes=8"])))
     t1, t8 = terms(one), terms(eight)
     assert t8["base_weights"] == pytest.approx(t1["base_weights"] / 8)
-    # the step needs far less than the whole model, but loading it (and the base evaluation) comes before the loop
-    # shards it: that phase is the peak, and the plan says so
+    # the step needs far less than the whole model; the main process holds it whole in host memory, not on its GPU,
+    # and the others build it on the meta device (cpu_ram_efficient_loading, conf/distributed/fsdp.yaml)
     step = sum(v for k, v in t8.items() if k not in ("unsharded", "overhead"))
-    assert step < t1["base_weights"] < step + t8["unsharded"]
-    assert "each process loads the whole model" in next(t.detail for t in eight.terms if t.key == "unsharded")
+    assert step < t1["base_weights"] and t8["unsharded"] == 0
+    assert "in host memory, not on its device" in detail(eight, "unsharded")
+    # with that loading off, each process loads the whole model onto its device first: that phase is the peak
+    each = plan_memory(setup_from_cfg(make_cfg([*base, "hardware.num_processes=8",
+                                                "distributed.cpu_ram_efficient_loading=false"])))
+    assert step < t1["base_weights"] < step + terms(each)["unsharded"]
+    assert "each process loads the whole model" in detail(each, "unsharded")
+    # so does QLoRA: accelerate's loading from the main process leaves 4-bit weights out
+    qlora = plan_memory(setup_from_cfg(make_cfg([*base, "hardware.num_processes=8", "quantization=nf4-sharded"])))
+    assert "each process loads the whole model" in detail(qlora, "unsharded")
+    # on CPU processes the host is the device: the main process's whole copy, beside its shards, is planned
+    cpu = tiny(make_cfg, "distributed=fsdp", "hardware.num_processes=2")
+    assert cpu.main_loads and "the main process holds the whole model" in detail(plan_memory(cpu), "unsharded")
+
+
+def detail(plan, key: str) -> str:
+    return next(t.detail for t in plan.terms if t.key == key)
 
 
 def test_the_process_count_is_the_launchers_or_hardware_num_processes():
@@ -117,8 +132,12 @@ def test_llmft_plan_shows_the_plan_of_one_device_of_eight_without_importing_torc
 
 def test_under_fsdp_the_qlora_suggestion_is_the_option_fsdp_shards(make_cfg):
     cfg = ["model=phi-2", "hardware=gtx1660-6gb", "hardware.num_processes=4"]
-    fsdp = plan_memory(setup_from_cfg(make_cfg([*cfg, "distributed=fsdp"])))
-    assert not fsdp.fits and terms(fsdp)["unsharded"] > 3 * 2**30  # loading the whole 5.2 GiB model is the peak
+    # the main process holds Phi-2's 5.2 GiB in host memory, and each card only its shards: it fits
+    assert plan_memory(setup_from_cfg(make_cfg([*cfg, "distributed=fsdp"]))).fits
+    # every process loading the whole model onto its card does not
+    fsdp = plan_memory(setup_from_cfg(make_cfg([*cfg, "distributed=fsdp",
+                                                "distributed.cpu_ram_efficient_loading=false"])))
+    assert not fsdp.fits and terms(fsdp)["unsharded"] > 2 * 2**30  # loading the whole 5.2 GiB model is the peak
     [suggestion] = [s for s in suggest(fsdp.setup) if "quantization" in s.changes]
     assert suggestion.overrides == ["quantization=nf4-sharded"] and suggestion.plan.fits
     assert suggestion.plan.setup.quant_storage_float

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from llmft.data.tokenizer import open_tokenizer
@@ -47,7 +48,8 @@ def load_pretrained(
         name_or_path: a hub id (``HuggingFaceTB/SmolLM2-135M-Instruct``) or a local folder.
         quantization_config: a ``transformers.BitsAndBytesConfig``, or None for full-precision weights.
         dtype: torch dtype name of the weights that are not quantized.
-        device: ``cpu`` or ``cuda``; quantized weights are placed there at load time.
+        device: ``cpu`` or ``cuda``; quantized weights are placed there at load time. ``meta``: the model without
+            its weights (``load_from``).
         cache_dir: where converted GGUF weights are kept.
         revision: a hub branch, tag or commit.
         trust_remote_code: run model code from the hub (needed by a few architectures).
@@ -106,7 +108,12 @@ def check_arch(config: Any, arch: Mapping[str, Any], name: str) -> None:
 def load_from(source: str, *, name: str, quantization_config: Any, dtype: str, device: str,
               revision: Optional[str] = None, trust_remote_code: bool = False,
               attn_implementation: str = "sdpa", tokenizer: Optional[str] = None) -> LoadedModel:
-    """Load the model and tokenizer in ``source`` (a folder or a cached hub id)."""
+    """Load the model and tokenizer in ``source`` (a folder or a cached hub id).
+
+    ``device="meta"`` builds the model from its config with its parameters on the meta device (no memory, no weight
+    read) and its buffers computed: what a process holds under FSDP until the main process's weights are sharded
+    to it (``llmft.distributed.loads_on_main_only``).
+    """
     try:
         tok = open_tokenizer(tokenizer or source, key="model.tokenizer" if tokenizer else "model.name_or_path",
                              revision=revision, trust_remote_code=trust_remote_code)
@@ -114,12 +121,18 @@ def load_from(source: str, *, name: str, quantization_config: Any, dtype: str, d
                       attn_implementation=attn_implementation)
         if quantization_config is not None:
             kwargs.update(quantization_config=quantization_config, device_map={"": run_device(device)})
-        check_attention(attn_implementation, device)
+        if device != "meta":  # the main process, which loads the weights, checks for every process
+            check_attention(attn_implementation, device)
         if dtype == "float16" or getattr(quantization_config, "bnb_4bit_compute_dtype", None) == torch.float16:
             warn_fp16(AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code), name)
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model = empty_model(source, **kwargs) if device == "meta" else \
+            AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as exc:
         raise ModelLoadError(f"could not load model {name} from {source}: {exc}") from None
+    except SafetensorError as exc:
+        raise ModelLoadError(f"could not read the weights of model {name} in {source} ({exc}): the file is damaged "
+                             "or incomplete (an interrupted download or conversion). Delete that folder and run "
+                             "again to fetch or build it anew.") from None
     except ValueError as exc:
         raise refused_remote_code(exc, name) from None
     if tok.pad_token is None:
@@ -128,6 +141,25 @@ def load_from(source: str, *, name: str, quantization_config: Any, dtype: str, d
     log.info("Loaded %s from %s (%s%s)", name, source, dtype,
              f", {type(quantization_config).__name__}" if quantization_config is not None else "")
     return LoadedModel(model=model, tokenizer=tok, name=name, source=source)
+
+
+def empty_model(source: str, *, revision: Optional[str], trust_remote_code: bool, **kwargs: Any) -> PreTrainedModel:
+    """The model in ``source`` as ``from_pretrained`` builds it, its parameters on the meta device (accelerate's
+    ``init_empty_weights``: buffers such as the rotary frequencies stay real) and its generation settings read."""
+    from accelerate import init_empty_weights
+    from transformers import GenerationConfig
+
+    if "quantization_config" in kwargs:
+        raise ValueError("a quantized model cannot be built without its weights")
+    config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, **kwargs)
+    model.tie_weights()  # as from_pretrained leaves them (SmolLM2's head is its embeddings); from_config does not
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(source, revision=revision)
+    except OSError:  # none saved: the config's defaults, as from_pretrained keeps them
+        pass
+    return model
 
 
 def warn_fp16(config: Any, name: str) -> None:

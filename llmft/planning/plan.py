@@ -84,8 +84,8 @@ def plan_memory(s: Setup) -> MemoryPlan:
     if s.reference_pass:
         terms.append(_reference(s, sum(t.bytes for t in fixed), max(train, evaluation)))
     if s.distributed in ("fsdp", "fsdp-offload"):
-        base_eval = act.eval_bytes(s, s.eval_batch_size * s.seq_len) if s.eval_batch_size else 0.0
-        terms.append(sharding.before_sharding(s, whole[0].bytes + whole[1].bytes, base_eval,
+        terms.append(sharding.before_sharding(s, whole[0].bytes + whole[1].bytes,
+                                              next(t.bytes for t in fixed if t.key == "base_weights"),
                                               sum(t.bytes for t in terms)))
     terms.append(_overhead(s, terms))
     return MemoryPlan(setup=s, terms=terms)
@@ -163,7 +163,8 @@ def _overhead(s: Setup, terms: List[Term]) -> Term:
     (``CPU_BASELINE_BYTES``), plus what glibc keeps resident of the step's freed temporaries: the activations and
     logits of one step are freed and allocated again in the next, and the heap holds on to a share of them
     (``CPU_RETENTION``). With several processes, one copy of the whole base weights made at start-up and freed
-    stays resident too (``CPU_STARTUP_COPY``): FSDP's whole weights once sharded, DDP's broadcast of the parameters
+    stays resident too (``CPU_STARTUP_COPY``): FSDP's whole weights once sharded (with ``cpu_ram_efficient_loading``
+    the main process's, and the others' buffers that receive each whole parameter from it), DDP's broadcast of the parameters
     from the main process.
     """
     peak = sum(t.bytes for t in terms)
@@ -179,4 +180,6 @@ def _overhead(s: Setup, terms: List[Term]) -> Term:
                 f"{100 * CPU_RETENTION:.0f}% of activations and logits that the heap keeps resident"
                 + (f" + the whole base weights' start-up copy, freed and kept resident ({startup / 2**20:.0f} MiB: "
                    + ("DDP's broadcast of the parameters)" if s.distributed == "ddp" else
+                      "the whole weights the main process shards from; the others' buffers they arrive in)"
+                      if sharding.main_only(s) else
                       "the weights each process loads before sharding)") if startup else ""))

@@ -65,6 +65,7 @@ class Setup:
     processes: int = 1                       # processes training together, one device each (llmft.planning.sharding)
     distributed: str = "none"                # "none", "ddp", "fsdp" or "fsdp-offload" (spread)
     reshard_after_forward: bool = True       # FSDP frees each layer's gathered weights after its forward
+    main_loads: bool = False                 # FSDP's cpu_ram_efficient_loading: only the main process loads weights
     micro_batch_size: int = 8
     gradient_accumulation_steps: int = 1
     seq_len: int = 512
@@ -189,7 +190,8 @@ def spread(node: Optional[Mapping[str, Any]], processes: int) -> Dict[str, Any]:
     else:
         mode = "ddp"
     return {"processes": processes, "distributed": mode,
-            "reshard_after_forward": bool((node or {}).get("reshard_after_forward", True))}
+            "reshard_after_forward": bool((node or {}).get("reshard_after_forward", True)),
+            "main_loads": mode.startswith("fsdp") and bool(node.get("cpu_ram_efficient_loading"))}
 
 
 def _plain(cfg: DictConfig, key: str) -> Any:

@@ -10,8 +10,10 @@ out of the shards, whole on every process; ``nf4-sharded`` stores them in a floa
 During the step, the layers being computed are gathered whole (``IN_FLIGHT_LAYERS``). ``fsdp-offload`` keeps the
 shards in host memory: on a GPU only the gathered weights and the step's tensors are on the device.
 
-Before accelerate shards the model (in the training loop), each process loads it whole and evaluates the base
-model on it: that phase is planned too, and can be the peak.
+Before accelerate shards the model (in the training loop), the main process holds it whole on the CPU and the
+others hold none of it (``cpu_ram_efficient_loading``; with QLoRA, or with that option off, every process loads it
+whole onto its device): that phase is planned too, and can be the peak. The base model is evaluated after
+sharding, on the shards (the plan's evaluation term).
 """
 
 from typing import List
@@ -63,15 +65,32 @@ def per_device(s: Setup, fixed: List[Term]) -> List[Term]:
     return terms
 
 
-def before_sharding(s: Setup, whole_fixed: float, base_eval: float, peak: float) -> Term:
-    """FSDP: each process loads the whole model and evaluates the base on it before accelerate shards it."""
-    before = whole_fixed + base_eval
+def before_sharding(s: Setup, whole_fixed: float, shards: float, peak: float) -> Term:
+    """FSDP: the whole model before accelerate shards it (``whole_fixed``: base weights and adapters).
+
+    With ``cpu_ram_efficient_loading`` and no quantization only the main process holds it, on the CPU, while its
+    shards (``shards``) are made from it and broadcast: on a GPU that is host memory, not the device's; on the CPU
+    it is the device, and the plan (that of the largest process) counts it. The other processes build the model on
+    the meta device and hold only their shards. Otherwise every process loads it whole onto its device.
+    """
+    if main_only(s) and s.device == "cuda":
+        return Term("unsharded", "before sharding", 0.0,
+                    f"the main process holds the whole model ({_mib(whole_fixed)}) in host memory, not on its device; "
+                    "the others build it on the meta device; each device receives only its shards")
+    before = whole_fixed + (shards if main_only(s) else 0.0)
     excess = max(0.0, before - peak)
+    who = (f"the main process holds the whole model ({_mib(whole_fixed)}) beside the shards made from it "
+           f"({_mib(shards)}), the others none of it (meta device)" if main_only(s) else
+           f"each process loads the whole model ({_mib(whole_fixed)}) onto its device"
+           + (" (accelerate's loading from the main process leaves 4-bit weights out)" if s.quantization else ""))
     return Term("unsharded", "before sharding", excess,
-                f"each process loads the whole model ({_mib(whole_fixed)})"
-                + (f" and evaluates the base on it ({_mib(base_eval)} of transients)" if base_eval else "")
-                + (" before the loop shards it: " + ("peaks above the sharded step by this" if excess
-                                                     else "within the sharded step's peak")))
+                who + " before the loop shards it: " + ("peaks above the sharded step by this" if excess
+                                                       else "within the sharded step's peak"))
+
+
+def main_only(s: Setup) -> bool:
+    """Whether only the main process loads the weights (``llmft.distributed.loads_on_main_only``)."""
+    return s.main_loads and not s.quantization
 
 
 def _integer_storage(s: Setup) -> bool:
