@@ -20,7 +20,7 @@ from llmft.data.batching import epoch_batches
 from llmft.distributed import (each_process, hold_trainable, is_main_rank, loads_on_main_only, main_process_first,
                                reinit_shards, shards_model, trainable_state, weights_held_mb)
 from llmft.environment import describe_environment
-from llmft.errors import DeviceUnavailableError
+from llmft.errors import ConfigError, DeviceUnavailableError
 from llmft.evaluation import Perplexity, build_eval_report, samples_markdown
 from llmft.files import WriteError, atomic_write, read_json, write_json, write_manifest
 from llmft.hardware import autocast, resolve_precision, use_device
@@ -51,8 +51,13 @@ def run(cfg: DictConfig, output_dir, overrides: Sequence[str] = (), resume: bool
     Returns:
         The contents of ``summary.json``: status, losses, perplexities, parameters, throughput, memory, duration.
     """
-    validate(cfg)
     folder = RunFolder(output_dir)
+    try:
+        validate(cfg)
+    except ConfigError as exc:
+        if not resume:
+            folder.record_refusal(f"{type(exc).__name__}: {exc}", overrides)
+        raise
     if resume and _completed(folder.path):
         log.info("%s already completed: nothing to resume.", folder.path)
         return read_json(folder.path / "summary.json", "run summary")

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from llmft.errors import ConfigError, LlmftError
-from llmft.files import atomic_write, explain_write_error
+from llmft.files import atomic_write, explain_write_error, write_json
 
 CONFIG = "config.yaml"
 # Keys a resumed run may change: they decide what is logged, saved or evaluated, never the adapter's weights.
@@ -64,6 +64,13 @@ class RunFolder:
             raise RunFolderBusy(f"{self.path} already holds a run ({', '.join(held)}); a new run never writes over "
                                 f"another. Continue it with `llmft-train resume={self.path}`, or give this run its "
                                 "own folder (leave hydra.run.dir at its default).")
+
+    def record_refusal(self, error: str, overrides) -> None:
+        """Mark a folder that Hydra already made (``.hydra/``, ``train.log``) for a run refused before it started
+        (a key its callable does not take) as a failed run, so that it does not look like a run that left nothing;
+        a folder that does not exist, or that holds a run, is left alone."""
+        if self.path.is_dir() and not any((self.path / name).exists() for name in RUN_FILES):
+            write_json(self.path / "summary.json", {"status": "failed", "error": error, "overrides": list(overrides)})
 
     def release(self) -> None:
         """Give the lock back (the kernel does it too if the process dies)."""

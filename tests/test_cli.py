@@ -7,6 +7,8 @@ import sys
 
 import yaml
 
+from llmft.config.location import CONFIG_DIR
+
 
 def test_smoke_experiment_from_the_command_line_writes_a_complete_run_folder(tmp_path, cache_dir):
     out = tmp_path / "run"
@@ -33,6 +35,10 @@ def test_help_lists_the_config_groups():
     assert result.returncode == 0
     for group in ("model:", "quantization:", "lora:", "hardware:", "eval:"):
         assert group in result.stdout
+    listed = result.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    groups = {line.split(":")[0] for line in listed.splitlines() if ": " in line and not line.startswith("Compose")}
+    offered = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra"}
+    assert groups == offered  # every group a user picks an option of, and nothing else (no hardware/base: profile)
 
 
 def test_fast_exit_still_runs_exit_handlers_waits_for_threads_and_flushes():

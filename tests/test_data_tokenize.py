@@ -5,6 +5,7 @@ import os
 import pytest
 from transformers import AutoTokenizer
 
+from llmft.data.rendering import RenderError, check_rendered
 from llmft.data.templates import ALPACA_PREAMBLE, use_chat_template
 from llmft.data.tokenize import IGNORE_INDEX, tokenize_conversation, tokenize_records
 from llmft.errors import ConfigError
@@ -63,9 +64,23 @@ def test_a_template_that_refuses_a_record_is_a_data_error():
     tok = byte_level_tokenizer()
     tok.chat_template = "{{ raise_exception('Conversation roles must alternate') }}"
     records = [{"id": "r1", "messages": CONVERSATION}]
-    with pytest.raises(Exception, match="the chat template of TokenizersBackend refuses record 'r1' of the train "
-                                        "split: Conversation roles"):
+    with pytest.raises(Exception, match="the chat template of the tiny model's byte-level tokenizer refuses record "
+                                        "'r1' of the train split: Conversation roles"):
         tokenize_records(records, tok, 512)
+
+
+def test_a_refusal_names_the_tokenizer_as_a_user_knows_it_never_its_class():
+    tok = byte_level_tokenizer()  # no folder or hub id: transformers 5 would name its class, TokenizersBackend
+    tools = [{"type": "function", "function": {"name": "calculate_percentage", "parameters": {}}}]
+    rendered = tok.apply_chat_template(CONVERSATION, tools=tools, tokenize=False)
+    with pytest.raises(RenderError) as refused:
+        check_rendered(tok, rendered, CONVERSATION, tools)
+    assert str(refused.value).startswith("the chat template of the tiny model's byte-level tokenizer ignores the tools")
+    tok.name_or_path = ""  # a tokenizer built in memory by someone else's code
+    with pytest.raises(RenderError) as refused:
+        check_rendered(tok, rendered, CONVERSATION, tools)
+    assert str(refused.value).startswith("the tokenizer's chat template ignores the tools")
+    assert type(tok).__name__ not in str(refused.value)
 
 
 def test_a_second_tokenization_loads_the_cached_file_instead_of_tokenizing(tmp_path):

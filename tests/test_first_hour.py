@@ -1,6 +1,7 @@
 """What a newcomer meets first (issue 14): each broken step of the first hour, reproduced."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -96,6 +97,27 @@ def test_bad_data_paths_stop_in_the_precheck_before_a_run_folder(tmp_path, make_
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
     assert time.perf_counter() - start < 15  # the ~6.5 s it took included loading torch; see the README
+
+
+def test_a_callable_of_ones_own_that_does_not_import_stops_before_a_run_folder(tmp_path):
+    env = {**os.environ, "LLMFT_ALLOW_TARGETS": "my_pkg.MyLoop"}  # the README's example, my_pkg not installed
+    result = subprocess.run([sys.executable, "-m", "llmft.train", "model=tiny", "trainer._target_=my_pkg.MyLoop",
+                             f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=120,
+                            env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert ("trainer._target_=my_pkg.MyLoop cannot be imported (ModuleNotFoundError: No module named 'my_pkg')"
+            in result.stderr)
+    assert not (tmp_path / "run").exists()  # it left .hydra/ and train.log, and no summary.json
+
+
+def test_a_key_a_callable_does_not_take_leaves_a_failed_run_not_a_bare_folder(tmp_path):
+    run = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "llmft.train", "model=tiny", "+model.foo=1",
+                             f"hydra.run.dir={run}"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1 and "model.foo is not an argument of llmft.models.build_tiny" in result.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and "model.foo is not an argument" in summary["error"]
+    assert summary["overrides"] == ["model=tiny", "+model.foo=1"]
 
 
 @pytest.mark.slow

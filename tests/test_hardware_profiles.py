@@ -7,13 +7,13 @@ from llmft.config import schema  # noqa: F401  (registers train_schema)
 from llmft.config.location import CONFIG_DIR
 
 PROFILES = sorted(p.stem for p in (CONFIG_DIR / "hardware").glob("*.yaml"))
-BASE = OmegaConf.load(CONFIG_DIR / "hardware" / "base" / "profile.yaml")
+BASE = OmegaConf.load(CONFIG_DIR / "hardware_base.yaml")
 
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_every_profile_extends_the_base_and_repeats_none_of_it(make_cfg, profile):
     own = OmegaConf.load(CONFIG_DIR / "hardware" / f"{profile}.yaml")
-    assert list(own.defaults) == ["base/profile@_here_", "_self_"]
+    assert list(own.defaults) == ["/hardware_base@_here_", "_self_"]
     repeated = [k for k in BASE if k in own and k != "optimizer" and own[k] == BASE[k]]
     repeated += [f"optimizer.{k}" for k in BASE.optimizer if k in own.get("optimizer", {})
                  and own.optimizer[k] == BASE.optimizer[k]]

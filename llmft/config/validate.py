@@ -15,7 +15,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from llmft.config.schema import TrainConf
-from llmft.config.targets import check_callables, iter_targets
+from llmft.config.targets import ALLOWED_TARGETS, check_callables, iter_targets
 from llmft.errors import ConfigError
 from llmft.planning.setup import process_count
 
@@ -27,8 +27,10 @@ def validate(cfg: DictConfig, bind_targets: bool = True) -> None:
 
     Args:
         cfg: the composed run configuration (``conf/train.yaml`` and its groups).
-        bind_targets: also import each ``_target_`` and bind its keys to its signature (seconds: it imports
-            torch, transformers and peft); without it only the allow-list is checked.
+        bind_targets: also import each of llmft's own ``_target_`` and bind its keys to its signature (seconds:
+            it imports torch, transformers and peft); without it only the allow-list is checked for those. The
+            callables a user allowed (``LLMFT_ALLOW_TARGETS``) are imported and bound either way, so that one that
+            does not import stops ``llmft-train``'s first-second check, before a run folder exists.
 
     Raises:
         ConfigError: with a message that names the key, the value and what is allowed.
@@ -36,8 +38,8 @@ def validate(cfg: DictConfig, bind_targets: bool = True) -> None:
     _check_limits(cfg, TrainConf, "")
     process_count(cfg.hardware)  # hardware.num_processes against the launcher's count
     check_callables(cfg)
-    if bind_targets:
-        for path, node in iter_targets(cfg):
+    for path, node in iter_targets(cfg):
+        if bind_targets or str(node._target_) not in ALLOWED_TARGETS:  # the user's own: they may not import
             check_target(path, node)
 
 

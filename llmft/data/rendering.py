@@ -77,8 +77,10 @@ def render_spans(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict],
 
 
 def template_name(tokenizer: PreTrainedTokenizerBase) -> str:
-    """``the chat template of <tokenizer>``, for messages."""
-    return f"the chat template of {getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__}"
+    """``the chat template of <tokenizer>``, for messages: the tokenizer's folder or hub id (or its own name), never
+    the class, whose name says nothing to a user (transformers 5 calls every fast tokenizer TokenizersBackend)."""
+    name = getattr(tokenizer, "name_or_path", "")
+    return f"the chat template of {name}" if name else "the tokenizer's chat template"
 
 
 def check_rendered(tokenizer: PreTrainedTokenizerBase, full: str, messages: Sequence[dict],

@@ -23,6 +23,7 @@ CHATML_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+BYTE_LEVEL_NAME = "the tiny model's byte-level tokenizer"  # its name in messages (it has no folder or hub id)
 
 
 def byte_level_tokenizer() -> PreTrainedTokenizerFast:
@@ -34,7 +35,8 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
     core.decoder = decoders.ByteLevel()
     core.add_special_tokens(SPECIAL_TOKENS)
     return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=None, eos_token="<|im_end|>",
-                                   pad_token="<|endoftext|>", unk_token=None, chat_template=CHATML_TEMPLATE)
+                                   pad_token="<|endoftext|>", unk_token=None, chat_template=CHATML_TEMPLATE,
+                                   name_or_path=BYTE_LEVEL_NAME)
 
 
 def is_tiny(model: Mapping[str, Any]) -> bool:

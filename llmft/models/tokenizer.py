@@ -10,7 +10,7 @@ from llmft.errors import ModelLoadError
 from llmft.model_cache import fallback_for
 from llmft.models.gguf import locate_gguf
 from llmft.models.hub import find_source
-from llmft.models.tiny import byte_level_tokenizer, is_tiny
+from llmft.models.tiny import BYTE_LEVEL_NAME, byte_level_tokenizer, is_tiny
 
 
 def load_tokenizer(model: DictConfig, cache_dir: Optional[str] = None) -> Tuple[PreTrainedTokenizerBase, str]:
@@ -35,7 +35,7 @@ def load_tokenizer(model: DictConfig, cache_dir: Optional[str] = None) -> Tuple[
     if own:
         return open_tokenizer(own, key="model.tokenizer", trust_remote_code=remote), own
     if is_tiny(model):
-        return byte_level_tokenizer(), "the tiny model's byte-level tokenizer (built in-process)"
+        return byte_level_tokenizer(), f"{BYTE_LEVEL_NAME} (built in-process)"
     if name is None:
         raise ModelLoadError(f"the model option ({model._target_}) names no name_or_path or tokenizer to load.")
     gguf = fallback_for(str(name), model.get("gguf"))  # only for the option's own model id
