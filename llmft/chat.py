@@ -243,7 +243,7 @@ def main(argv=None) -> None:
     parser.add_argument("--system", help="the system prompt (default: the run's; \"\" for none)")
     parser.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default: the run's, or 256)")
     parser.add_argument("--temperature", type=float, help="0 for greedy (default: the run's setting)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: the cores the load average leaves free)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: the cores other processes leave free now)")
     args = parser.parse_args(argv)
     if args.max_new_tokens is not None and args.max_new_tokens < 1 or (args.temperature or 0) < 0 \
             or args.threads is not None and args.threads < 1:
