@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, KwargsHandler, gather_object
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, KwargsHandler
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
                                                      set_optimizer_state_dict)
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule
@@ -226,7 +226,7 @@ def agreed_signal(accelerator: Accelerator, signum: Optional[int]) -> Optional[i
 
 def every_process(accelerator: Accelerator, value: Any) -> Any:
     """``value`` of this process; with several, the list of every process's, in rank order."""
-    return value if accelerator.num_processes == 1 else gather_object([value])
+    return value if accelerator.num_processes == 1 else each_process(value)
 
 
 def each_process(value: Any) -> List[Any]:
