@@ -108,11 +108,9 @@ def load(path: str, alone: bool = False):
     """``(model, tokenizer, run config or None, has adapter)`` from a run folder, an export or a merged folder.
 
     ``alone``: this process does nothing else (the console script's), so a run that quantizes nothing keeps
-    bitsandbytes out of it (``llmft.lazy.keep_out_bitsandbytes``); not for a caller that may load a quantized
-    run later.
+    bitsandbytes out of it (``keep_out_bitsandbytes``); not for a caller that may load a quantized run later.
     """
     from llmft.export.loading import load_quietly
-    from llmft.lazy import keep_out_bitsandbytes
     from llmft.runs import RunFolderError, open_run
 
     folder = Path(path).expanduser()
@@ -133,6 +131,18 @@ def load(path: str, alone: bool = False):
     except RunFolderError:
         cfg = None
     return model, AutoTokenizer.from_pretrained(merged), cfg, False
+
+
+def keep_out_bitsandbytes(cfg) -> None:
+    """Keep bitsandbytes out of a process whose one run (``cfg``) quantizes nothing and builds nothing of it
+    (a paged 8-bit optimizer): peft imports bitsandbytes whenever it is installed, and bitsandbytes compiles its
+    kernels with ``torch.compile`` as it loads (0.8 s here), for nothing such a run calls. Process-wide, since peft
+    remembers what it found."""
+    from llmft.config.targets import iter_targets
+
+    if cfg.get("quantization") or any(str(node._target_).startswith("bitsandbytes") for _, node in iter_targets(cfg)):
+        return
+    sys.modules.setdefault("bitsandbytes", None)  # Python's mark for a module that is not there
 
 
 def open_chat(args: argparse.Namespace, alone: bool = False) -> Chat:

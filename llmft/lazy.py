@@ -2,8 +2,7 @@
 for the libraries of the others (``llmft.data``, ``llmft.evaluation``)."""
 
 import importlib
-import sys
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 
 def lazy_names(package: str, exports: Mapping[str, str]) -> Callable[[str], object]:
@@ -16,14 +15,3 @@ def lazy_names(package: str, exports: Mapping[str, str]) -> Callable[[str], obje
 
     return __getattr__
 
-
-def keep_out_bitsandbytes(cfg: Any) -> None:
-    """Keep bitsandbytes out of a process whose one run (``cfg``) quantizes nothing and builds nothing of it
-    (a paged 8-bit optimizer): peft imports bitsandbytes whenever it is installed, and bitsandbytes compiles its
-    kernels with ``torch.compile`` as it loads (0.8 s here), for nothing such a run calls. Process-wide, since peft
-    remembers what it found: not for a process that may run another configuration later (a sweep's jobs)."""
-    from omegaconf import OmegaConf
-
-    if cfg.get("quantization") or "bitsandbytes" in OmegaConf.to_yaml(cfg):
-        return
-    sys.modules.setdefault("bitsandbytes", None)  # Python's mark for a module that is not there
