@@ -1,7 +1,8 @@
 """The fused LoRA layer (llmft.fused_lora) computes what peft computes: outputs and gradients equal to 1e-5 in fp32
 on a tiny Llama (with and without a base bias), close under bf16 autocast; and every case it does not fuse falls
-back to peft's own forward (a disabled adapter, a merged one, DoRA). Dropout is fused too: with the same seed the
-masks are peft's, so the equality holds with dropout while training."""
+back to peft's own forward (a disabled adapter, a merged one, DoRA). On a CPU the fused layer's dropout is
+llmft's own (``cpu_dropout``, four elements per 64-bit draw): tested for its rate, its scale, its gradient and its
+seed, and, given the same masks, the fused layer with dropout equals peft's."""
 
 import copy
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from llmft.fused_lora import FusedLoraLinear, fuse_lora
+from llmft.fused_lora import FusedLoraLinear, cpu_dropout, fuse_lora
 from llmft.loss import lm_loss_sum
 from tests.test_loss import SMALL, records
 from llmft.data import pad_collate
@@ -31,6 +32,29 @@ def peft_model(bias: bool = False, **lora):
     return model
 
 
+class CpuDropout(torch.nn.Dropout):
+    def forward(self, x):
+        return cpu_dropout(x, self.p) if self.training else x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_dropout_rate_scale_gradient_and_seed(dtype):
+    x = (torch.rand(1000, 999) + 0.5).to(dtype).requires_grad_()  # no zero of its own
+    torch.manual_seed(3)
+    y = cpu_dropout(x, 0.05)
+    dropped = y == 0
+    assert y.dtype == dtype and abs(dropped.float().mean().item() - 0.05) < 0.002  # 999,000 draws: 4.5 sigma
+    kept = ~dropped
+    scale = 65536 / (65536 - 3277)  # 0.05 rounds to 3277/65536
+    assert torch.allclose(y[kept].float(), x[kept].float() * scale, rtol=1e-2 if dtype == torch.bfloat16 else 1e-6)
+    y.sum().backward()
+    assert torch.equal(x.grad == 0, dropped) and torch.allclose(x.grad[kept].float(), torch.tensor(scale), rtol=1e-2)
+    torch.manual_seed(3)
+    assert torch.equal(cpu_dropout(x.detach(), 0.05) == 0, dropped)  # the same seed, the same mask
+    assert not torch.equal(cpu_dropout(x.detach(), 0.05) == 0, dropped)  # the generator moved on
+    assert cpu_dropout(x, 0.0) is x and torch.count_nonzero(cpu_dropout(x, 1.0)) == 0
+
+
 def loss_and_grads(model, batch, autocast: bool = False):
     model.zero_grad(set_to_none=True)
     torch.manual_seed(1)  # the same dropout masks for both models
@@ -50,6 +74,9 @@ def test_fused_equals_peft_in_fp32(bias, dropout):
     fused = copy.deepcopy(reference)
     reference.train(), fused.train()
     assert fuse_lora(fused) == 7 * SMALL["num_hidden_layers"]
+    for module in reference.modules():  # peft's forward, with the masks the fused layer draws on a CPU
+        if hasattr(module, "lora_dropout") and dropout:
+            module.lora_dropout["default"] = CpuDropout(dropout)
     data = batch(reference.config.vocab_size)
     loss, grads = loss_and_grads(reference, data)
     fused_loss, fused_grads = loss_and_grads(fused, data)
@@ -91,7 +118,7 @@ def test_what_is_not_fused_runs_peft_forward(monkeypatch):
     fuse_lora(model)
     model.train()
     lm_loss_sum(model, data)
-    assert calls and all(calls)  # dropout while training: fused, peft's dropout module applied first
+    assert calls and all(calls)  # dropout while training: fused
     calls.clear()
     model.eval()
     with torch.no_grad():

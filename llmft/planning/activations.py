@@ -53,8 +53,8 @@ def lora_saved(s: Setup, d: Dtypes, targets: Iterable[Linear], input_grad: bool,
     Fused (``Setup.fused``): each target keeps its input in the compute dtype (the tensor itself, shared by the
     targets, when it already is, and nothing new when another operation ``saved_already`` it; else a copy each)
     and ``x A^T`` (``r`` values); with dropout, its dropped input in the compute dtype instead (a new tensor each)
-    and peft's dropout module's mask (``mask_bytes x in`` of the input's dtype, when the input carries a
-    gradient). peft's forward, per target: the
+    and a boolean mask (``in`` bytes, when the input carries a gradient: ``llmft.fused_lora.cpu_dropout`` on a CPU,
+    CUDA's fused dropout there). peft's forward, per target: the
     input of ``lora_A`` (``lora_in x in``; with dropout 0 and no autocast the targets share the tensor itself), the
     dropout mask (``mask_bytes x in``, only when dropout > 0 and the input carries a gradient), and the output of
     ``lora_A`` (``lora_in x r``, kept by ``lora_B``). DoRA also keeps the base and LoRA outputs of the layer
@@ -67,7 +67,7 @@ def lora_saved(s: Setup, d: Dtypes, targets: Iterable[Linear], input_grad: bool,
         c = s.compute_bytes if s.autocast else input_bytes
         inputs = [lin.in_features * c for lin in targets]
         if s.lora.lora_dropout > 0:
-            masks = sum(lin.in_features for lin in targets) * mask_bytes(s, input_bytes) if input_grad else 0
+            masks = sum(lin.in_features for lin in targets) if input_grad else 0
             return sum(inputs) + masks + len(targets) * s.lora.r * c
         kept = (0 if saved_already else max(inputs)) if input_bytes == c else sum(inputs)
         return kept + len(targets) * s.lora.r * c
