@@ -37,6 +37,10 @@ PLAIN_HEADS = {"llama", "mistral", "qwen2", "qwen3", "phi", "phi3", "gemma", "sm
                "starcoder2", "stablelm"}
 
 
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 def _softcap(config) -> Callable[[torch.Tensor], torch.Tensor]:
     cap = config.final_logit_softcapping
     return (lambda x: x) if cap is None else (lambda x: torch.tanh(x / cap) * cap)
@@ -45,7 +49,7 @@ def _softcap(config) -> Callable[[torch.Tensor], torch.Tensor]:
 # model_type -> the function of the config that the CausalLM forward applies to lm_head's output
 # (transformers 5.x modeling_<type>.py, read line by line)
 HEAD_TRANSFORMS: Dict[str, Callable] = {
-    **{t: lambda config: (lambda x: x) for t in PLAIN_HEADS},
+    **{t: lambda config: _identity for t in PLAIN_HEADS},
     "gemma2": _softcap, "gemma3_text": _softcap,
     "cohere": lambda config: (lambda x: x * config.logit_scale),
     "cohere2": lambda config: (lambda x: x * config.logit_scale),
@@ -91,17 +95,43 @@ def _chunk_loss(head: torch.nn.Module, transform: Callable, hidden: torch.Tensor
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
+def _linear_head_by_hand(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor):
+    """One chunk's summed cross-entropy through a plain linear output layer, and its gradient for ``hidden`` by
+    hand: ``(softmax - one-hot) W``. The chunk's fp32 logits become the probabilities in place, so the peak is
+    the 16-bit logits and their fp32 copy, then the fp32 probabilities and their copy in the logits' dtype for
+    the product: 6 bytes a logit under 16-bit autocast, 4 in fp32 (where the copies are the tensor itself),
+    against autograd's 14 or 16 (the log-softmax and two gradients). The same arithmetic as autograd's:
+    ``tests/test_loss.py`` holds both to 1e-5."""
+    logits = head(hidden)
+    dtype = logits.dtype
+    z = logits.float()
+    del logits
+    rows = torch.arange(len(targets), device=z.device)
+    picked = z[rows, targets]
+    top = z.amax(dim=1, keepdim=True)
+    total = z.sub_(top).exp_().sum(dim=1, keepdim=True)
+    loss = (total.log() + top).squeeze(1).sub_(picked).sum()
+    z.div_(total)[rows, targets] -= 1
+    weight = head.weight if head.weight.dtype == dtype else head.weight.to(dtype)
+    return loss, (z.to(dtype) @ weight).to(hidden.dtype)
+
+
 class _FrozenHeadChunk(torch.autograd.Function):
     """One chunk's loss whose gradient for the hidden states is computed in the forward pass, while the chunk's
     logits exist anyway, and kept (``[chunk, hidden]``, small): two output-layer matmuls per chunk instead of the
-    three of recomputation. Only for an output layer without trainable parameters (their gradients would be lost)."""
+    three of recomputation. Only for an output layer without trainable parameters (their gradients would be lost).
+    A plain ``nn.Linear`` head whose logits the model uses as they are gets its gradient by hand
+    (``_linear_head_by_hand``); any other (quantized, soft-capped, scaled) goes through autograd."""
 
     @staticmethod
     def forward(ctx, hidden, head, transform, targets):
-        with torch.enable_grad():
-            leaf = hidden.detach().requires_grad_()
-            loss = _chunk_loss(head, transform, leaf, targets)
-            (grad,) = torch.autograd.grad(loss, leaf)
+        if type(head) is torch.nn.Linear and transform is _identity:
+            loss, grad = _linear_head_by_hand(hidden, head, targets)
+        else:
+            with torch.enable_grad():
+                leaf = hidden.detach().requires_grad_()
+                loss = _chunk_loss(head, transform, leaf, targets)
+                (grad,) = torch.autograd.grad(loss, leaf)
         ctx.save_for_backward(grad)
         return loss.detach()
 

@@ -59,11 +59,11 @@ def test_tiny_weights_lora_gradients_and_adamw_by_hand(tiny):
 def test_tiny_activations_and_logits_by_hand(tiny):
     tokens = 8 * 512
     norm = 4 * 64 + 4                                   # RMSNorm keeps its fp32 input and 1/rms
-    lora = 2 * (64 * 4 + 64 * 4 + 16 * 4)               # q, v: fp32 input of lora_A, CPU dropout noise, lora_A out
+    lora = 2 * (64 * 4 + 64 * 1 + 16 * 4)               # q, v: fp32 input of lora_A, bool dropout mask, lora_A out
     attention = 4 * (2 * 4 * 16 + 2 * 4 * 16) + 4 * 4 + 4 * 512  # q, out; k, v repeated to 4 heads; lse; float mask
     mlp = 3 * 4 * 128                                   # gate, up, silu(gate)
     layer = 2 * norm + lora + attention + mlp
-    first = norm + (lora - 2 * 64 * 4) + attention + mlp  # the embeddings carry no gradient: no input norm, no masks
+    first = norm + (lora - 2 * 64 * 1) + attention + mlp  # the embeddings carry no gradient: no input norm, no masks
     scaled_b = 2 * 16 * (64 + 32) * 4  # the fused layer keeps s x B of q and v (fp32) in each of the 2 layers
     expected = (first + layer + norm) * tokens + 8 * 512 * 512 + scaled_b  # + the final norm; + the padding mask
     t = terms(plan_memory(tiny))
@@ -76,9 +76,18 @@ def test_tiny_activations_and_logits_by_hand(tiny):
 def test_chunked_loss_holds_one_chunk_of_logits_and_its_hidden_states(tiny):
     chunked = terms(plan_memory(replace(tiny, loss_chunk_tokens=1000)))
     tokens = 8 * 512
-    assert chunked["logits"] == 1000 * 259 * 16 + tokens * 64 * (4 + 4)  # one chunk; hidden states + their gradient
+    # one chunk of fp32 logits turned into probabilities in place (the head's gradient by hand); the labelled
+    # positions' hidden states and their gradient
+    assert chunked["logits"] == 1000 * 259 * 4 + tokens * 64 * (4 + 4)
     assert chunked["activations"] == terms(plan_memory(tiny))["activations"]
-    assert terms(plan_memory(replace(tiny, loss_chunk_tokens=8192)))["logits"] == tokens * 259 * 16 + tokens * 64 * 8
+    assert terms(plan_memory(replace(tiny, loss_chunk_tokens=8192)))["logits"] == tokens * 259 * 4 + tokens * 64 * 8
+    bf16 = replace(tiny, loss_chunk_tokens=1000, precision="bf16")  # 16-bit logits and their fp32 copy
+    assert terms(plan_memory(bf16))["logits"] == 1000 * 259 * (2 + 4) + tokens * 64 * (2 + 4)
+    trained_head = replace(tiny, loss_chunk_tokens=1000, lora=replace(tiny.lora, modules_to_save=("lm_head",)))
+    pairs = replace(tiny, loss_chunk_tokens=1000, rows_per_example=2)
+    for through_autograd in (trained_head, pairs):  # the chunk recomputed in the backward pass: 16 B a logit
+        assert not through_autograd.head_by_hand
+        assert terms(plan_memory(through_autograd))["logits"] >= 1000 * 259 * 16
 
 
 def test_llama_1b_at_4096_tokens_on_a_gtx1660_needs_under_1_gib_for_the_loss(make_cfg):

@@ -31,7 +31,9 @@ def test_fsdp_divides_what_it_shards_and_gathers_the_tail_group_and_the_layers_i
         assert half[key] == whole[key] / 2
     # the tail group whole during the step, and both layers of the tiny model (2 in flight) with their adapters
     assert half["gathered"] == TINY_ROOT * 4 + (TINY_PARAMS - TINY_ROOT) * 4 + TINY_LORA * 4
-    assert (half["activations"], half["logits"]) == (whole["activations"], whole["logits"])  # per-process batch
+    assert half["activations"] == whole["activations"]  # per-process batch
+    # FSDP's loss chunks go through autograd (llmft.loss), one process's head gradient is computed by hand
+    assert half["logits"] - whole["logits"] == 512 * 259 * (16 - 4)
     assert "gathered" not in whole and "unsharded" not in whole
 
 

@@ -192,9 +192,15 @@ def logits_per_token(s: Setup) -> float:
     The model's forward computes logits for every position (``logits x V``; the step holds them in its output),
     the loss upcasts them to fp32 and keeps the log-softmax (``4V``); its backward then holds the loss's
     gradient and the log-softmax gradient (``4V`` each): ``(12 + logits) x V`` in all, 16V in fp32. The chunked
-    loss has the same bytes per row, for one chunk's rows at a time (``logit_rows``).
+    loss has the same bytes per row, for one chunk's rows at a time (``logit_rows``), unless it computes the head's
+    gradient by hand (``Setup.head_by_hand``): the 16-bit logits and their fp32 copy, which becomes the
+    probabilities, then a 16-bit copy of those for the product, ``(4 + logits) x V``; 4V in fp32, where the copies
+    are the tensor itself.
     """
-    return (12 + dtypes(s).logits) * s.arch.vocab_size
+    logits = dtypes(s).logits
+    if s.head_by_hand:
+        return (4 if logits == 4 else 4 + logits) * s.arch.vocab_size
+    return (12 + logits) * s.arch.vocab_size
 
 
 def logit_rows(s: Setup, tokens: int) -> int:

@@ -11,7 +11,7 @@ from llmft.planning.weights import Term, base_weights, gradients, lora_weights, 
 CUDA_CONTEXT_BYTES = 0.5 * GIB   # CUDA context, cuBLAS/cuDNN handles, torch and bitsandbytes kernels (estimate)
 CUDA_ALLOCATOR_SLACK = 0.10      # the caching allocator reserves about this much above what it has allocated
 CPU_BASELINE_BYTES = 0.6 * GIB   # resident memory of a training process before its first step (measured: README)
-CPU_RETENTION = 0.50             # freed activations that glibc's allocator keeps resident (fitted: README)
+CPU_RETENTION = 0.65             # freed activations that glibc's allocator keeps resident (fitted: README)
 CPU_STARTUP_COPY = 1.0           # several processes: the whole weights' start-up copy, freed, stays resident (README)
 
 
@@ -133,7 +133,9 @@ def _step_terms(s: Setup):
     cast = act.head_cast_bytes(s)
     logits = Term("logits", "logits and loss", logits_stage,
                   f"{rows:,} tokens x {arch.vocab_size:,} vocab x {act.logits_per_token(s) / arch.vocab_size:.0f} B"
-                  f" (logits {d.logits} B, fp32 log-softmax and two fp32 gradients){_chunk_note(s)}"
+                  + (f" (logits {d.logits} B{'' if d.logits == 4 else ', an fp32 copy'}; the head's gradient by hand)"
+                     if s.head_by_hand else f" (logits {d.logits} B, fp32 log-softmax and two fp32 gradients)")
+                  + _chunk_note(s)
                   + (f" + a {cast / 2**20:.0f} MiB 16-bit copy of the fp32 output head" if cast else ""))
     return activations, logits
 

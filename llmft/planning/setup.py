@@ -113,6 +113,20 @@ class Setup:
                 and self.lora.bias == "none" and not self.quantization)
 
     @property
+    def head_by_hand(self) -> bool:
+        """Whether training's loss computes the output head's gradient by hand (``llmft.loss``'s
+        ``_linear_head_by_hand``): the chunked loss of a one-row objective (SFT; DPO and ORPO recompute their chunks
+        through autograd), a frozen head (not trained as a LoRA target or a saved module), no FSDP. Every family
+        the planner knows uses its logits as they are (no soft-capping or scaling)."""
+        trained = [t for t in (*self.lora.modules_to_save, *(() if isinstance(self.lora.target_modules, str)
+                                                               else self.lora.target_modules))
+                   if t.split(".")[-1] in ("lm_head", "embed_tokens")]
+        if isinstance(self.lora.target_modules, str) and self.lora.target_modules != "all-linear":
+            trained += [t for t in ("lm_head",) if re.fullmatch(self.lora.target_modules, t)]
+        return (bool(self.loss_chunk_tokens) and self.rows_per_example == 1 and not trained
+                and not self.distributed.startswith("fsdp"))
+
+    @property
     def eval_batch(self) -> int:
         """The largest batch of a no-grad validation pass (0: none)."""
         return max(self.eval_batch_size, self.rows if self.eval_during_training else 0)
