@@ -20,6 +20,7 @@ from typing import Dict, Iterator, List, Optional
 
 from llmft.config.precheck import fail
 from llmft.errors import LlmftError
+from llmft.quantization import keep_out_bitsandbytes
 from llmft.shutdown import fast_exit
 
 HELP = "Type a message; /reset starts a new conversation, /exit (or Ctrl-D) ends. Ctrl-C stops an answer."
@@ -131,18 +132,6 @@ def load(path: str, alone: bool = False):
     except RunFolderError:
         cfg = None
     return model, AutoTokenizer.from_pretrained(merged), cfg, False
-
-
-def keep_out_bitsandbytes(cfg) -> None:
-    """Keep bitsandbytes out of a process whose one run (``cfg``) quantizes nothing and builds nothing of it
-    (a paged 8-bit optimizer): peft imports bitsandbytes whenever it is installed, and bitsandbytes compiles its
-    kernels with ``torch.compile`` as it loads (0.8 s here), for nothing such a run calls. Process-wide, since peft
-    remembers what it found."""
-    from llmft.config.targets import iter_targets
-
-    if cfg.get("quantization") or any(str(node._target_).startswith("bitsandbytes") for _, node in iter_targets(cfg)):
-        return
-    sys.modules.setdefault("bitsandbytes", None)  # Python's mark for a module that is not there
 
 
 def open_chat(args: argparse.Namespace, alone: bool = False) -> Chat:

@@ -2,6 +2,7 @@
 stands for. Training builds ``transformers.BitsAndBytesConfig`` objects from the options (``conf/quantization``);
 the planner reads the same options by the names decoded here, so a new scheme is named in this file only."""
 
+import sys
 from typing import Any, Optional, Tuple
 
 NF4, FP4, INT8 = "nf4", "fp4", "int8"
@@ -21,3 +22,24 @@ def scheme(node: Any) -> Tuple[Optional[str], bool]:
     if get("load_in_8bit"):
         return INT8, False
     return None, False
+
+
+def needs_bitsandbytes(cfg: Any) -> bool:
+    """Whether a run (``cfg``, a composed configuration) uses bitsandbytes: it quantizes, or builds something of
+    bitsandbytes (a paged or 8-bit optimizer)."""
+    from llmft.config.targets import iter_targets
+
+    return bool(cfg.get("quantization")) or any(str(node._target_).startswith("bitsandbytes")
+                                                for _, node in iter_targets(cfg))
+
+
+def keep_out_bitsandbytes(cfg: Any) -> bool:
+    """Keep bitsandbytes out of a process whose one run (``cfg``) does not use it (``needs_bitsandbytes``): peft
+    imports bitsandbytes whenever it is installed, and bitsandbytes compiles its kernels with ``torch.compile`` as
+    it loads (0.8 s of start-up and 48 MiB of resident memory here), for nothing such a run calls. Process-wide,
+    since peft remembers what it found: not for a process that may run another configuration later (a sweep).
+    Returns whether it is kept out."""
+    if needs_bitsandbytes(cfg):
+        return False
+    sys.modules.setdefault("bitsandbytes", None)  # Python's mark for a module that is not there
+    return sys.modules["bitsandbytes"] is None

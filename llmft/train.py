@@ -17,6 +17,7 @@ from llmft.config import schema  # noqa: F401  (registers train_schema)
 from llmft.config.location import CONFIG_DIR
 from llmft.config.precheck import fail, precheck
 from llmft.errors import ConfigError, DeviceUnavailableError, LlmftError
+from llmft.quantization import keep_out_bitsandbytes
 from llmft.quiet import quiet_libraries
 from llmft.run_folder import check_writable, resume_argv
 from llmft.shutdown import fast_exit
@@ -29,6 +30,8 @@ def hydra_main(cfg: DictConfig) -> float:
     """Run one job; returns the validation loss (what a sweeper minimises)."""
     hydra_cfg = HydraConfig.get()
     quiet_libraries(verbose=bool(hydra_cfg.verbose))  # before the libraries load and speak
+    if hydra_cfg.mode != RunMode.MULTIRUN:  # one run in this process (a sweep's later jobs may quantize)
+        keep_out_bitsandbytes(cfg)
     from llmft.pipeline import run  # torch, transformers and peft load here, after the overrides are checked
 
     from llmft.interrupt import Interrupted

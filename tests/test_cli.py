@@ -5,9 +5,12 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from llmft.config.location import CONFIG_DIR
+from llmft.quantization import needs_bitsandbytes
 
 
 def test_smoke_experiment_from_the_command_line_writes_a_complete_run_folder(tmp_path, cache_dir):
@@ -27,6 +30,27 @@ def test_smoke_experiment_from_the_command_line_writes_a_complete_run_folder(tmp
     assert "step 4/4" in log and "Done in" in log and str(out) in log
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 4
     assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize("overrides,kept_out", [([], True), (["quantization=nf4"], False)])
+def test_a_single_run_keeps_bitsandbytes_out_unless_it_uses_it(tmp_path, cache_dir, overrides, kept_out):
+    """A run that quantizes nothing and builds nothing of bitsandbytes never imports it (0.8 s of start-up); the
+    planner's process baseline follows (``Setup.bitsandbytes``)."""
+    script = ("import atexit, sys\n"
+              "atexit.register(lambda: print('bitsandbytes', sys.modules.get('bitsandbytes', 'absent')))\n"
+              "from llmft.train import main\nmain()")
+    argv = ["experiment=smoke", "eval=none", "trainer.max_steps=1", *overrides, f"paths.cache_dir={cache_dir}",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    result = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert ("bitsandbytes None" in result.stdout) == kept_out, result.stdout[-500:]
+    from llmft.planning.setup import setup_from_cfg
+    assert setup_from_cfg(OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml")).bitsandbytes != kept_out
+
+
+def test_an_optimizer_of_bitsandbytes_needs_it(make_cfg):
+    assert not needs_bitsandbytes(make_cfg(["model=tiny"]))
+    assert needs_bitsandbytes(make_cfg(["model=tiny", "hardware=gtx1660-6gb", "quantization=none"]))  # its optimizer
 
 
 def test_help_lists_the_config_groups():

@@ -11,6 +11,7 @@ from llmft.planning.weights import Term, base_weights, gradients, lora_weights, 
 CUDA_CONTEXT_BYTES = 0.5 * GIB   # CUDA context, cuBLAS/cuDNN handles, torch and bitsandbytes kernels (estimate)
 CUDA_ALLOCATOR_SLACK = 0.10      # the caching allocator reserves about this much above what it has allocated
 CPU_BASELINE_BYTES = 0.6 * GIB   # resident memory of a training process before its first step (measured: README)
+BITSANDBYTES_BYTES = 48 * 2**20   # of it, bitsandbytes' (measured: a process that keeps it out, llmft.quantization)
 CPU_RETENTION = 0.65             # freed activations that glibc's allocator keeps resident (fitted: README)
 CPU_STARTUP_COPY = 1.0           # several processes: the whole weights' start-up copy, freed, stays resident (README)
 
@@ -162,7 +163,7 @@ def _overhead(s: Setup, terms: List[Term]) -> Term:
     GPU: the CUDA context (``CUDA_CONTEXT_BYTES``, outside torch's allocator) and the caching allocator's
     reserve above its allocations (``CUDA_ALLOCATOR_SLACK`` of the peak). CPU: the resident memory of a process
     that has imported torch, transformers, peft, accelerate and datasets and holds the tokenizer and the data
-    (``CPU_BASELINE_BYTES``), plus what glibc keeps resident of the step's freed temporaries: the activations and
+    (``CPU_BASELINE_BYTES``, less ``BITSANDBYTES_BYTES`` for a run that keeps bitsandbytes out), plus what glibc keeps resident of the step's freed temporaries: the activations and
     logits of one step are freed and allocated again in the next, and the heap holds on to a share of them
     (``CPU_RETENTION``). With several processes, one copy of the whole base weights made at start-up and freed
     stays resident too (``CPU_STARTUP_COPY``): FSDP's whole weights once sharded (with ``cpu_ram_efficient_loading``
@@ -177,8 +178,10 @@ def _overhead(s: Setup, terms: List[Term]) -> Term:
                     f"{100 * CUDA_ALLOCATOR_SLACK:.0f}% of the peak", unallocated=CUDA_CONTEXT_BYTES + slack)
     dynamic = sum(t.bytes for t in terms if t.key in ("activations", "logits", "evaluation", "reference"))
     startup = CPU_STARTUP_COPY * base_weights(s).bytes if s.processes > 1 else 0.0
-    return Term("overhead", "framework overhead", CPU_BASELINE_BYTES + CPU_RETENTION * dynamic + startup,
-                f"CPU process {CPU_BASELINE_BYTES / GIB:.1f} GiB (Python, torch, transformers, tokenizer, data) + "
+    baseline = CPU_BASELINE_BYTES - (0 if s.bitsandbytes else BITSANDBYTES_BYTES)
+    return Term("overhead", "framework overhead", baseline + CPU_RETENTION * dynamic + startup,
+                f"CPU process {baseline / GIB:.2f} GiB (Python, torch, transformers, "
+                f"{'bitsandbytes, ' if s.bitsandbytes else ''}tokenizer, data) + "
                 f"{100 * CPU_RETENTION:.0f}% of activations and logits that the heap keeps resident"
                 + (f" + the whole base weights' start-up copy, freed and kept resident ({startup / 2**20:.0f} MiB: "
                    + ("DDP's broadcast of the parameters)" if s.distributed == "ddp" else

@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from llmft.errors import ConfigError
 from llmft.hardware import resolve_precision
 from llmft.planning.arch import Arch, Linear, find_arch
-from llmft.quantization import scheme
+from llmft.quantization import needs_bitsandbytes, scheme
 
 # known by import path, as the planner imports no torch (tests/test_targets_by_identity.py resolves them)
 PERPLEXITY_TARGETS = ("llmft.evaluation.Perplexity", "llmft.evaluation.perplexity.Perplexity")
@@ -76,6 +76,7 @@ class Setup:
     rows_per_example: int = 1                # 2 for a preference objective: a pair's chosen and rejected rows
     reference_pass: bool = False             # DPO: a no-grad forward with the adapter disabled before each step
     optimizer: str = "torch.optim.AdamW"
+    bitsandbytes: bool = True                # the process imports bitsandbytes (llmft.quantization.needs_bitsandbytes)
     optimizer_kwargs: Tuple[Tuple[str, Any], ...] = ()
     eval_batch_size: int = 0                 # the perplexity evaluator's batch; 0: none
     eval_batch_key: str = ""                 # its config key (eval.perplexity.batch_size)
@@ -169,7 +170,7 @@ def setup_from_cfg(cfg: DictConfig) -> Setup:
         fused_lora=bool(hw.get("fused_lora", False)),
         attn_implementation=str(model.get("attn_implementation", "sdpa")),
         loss_chunk_tokens=int((data.get("objective") or {}).get("chunk_tokens") or 0), **_objective(data),
-        optimizer=str(optimizer.pop("_target_")),
+        optimizer=str(optimizer.pop("_target_")), bitsandbytes=needs_bitsandbytes(cfg),
         optimizer_kwargs=tuple(sorted((k, v) for k, v in optimizer.items() if not k.startswith("_"))),
         budget_gb=float(hw["memory_budget_gb"]), profile=str(hw["name"]), **_eval_settings(data))
 
