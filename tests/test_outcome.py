@@ -68,3 +68,15 @@ def test_the_plan_line_says_it_is_the_worst_case(make_cfg, caplog):
 
 def test_the_sweep_table_shows_what_max_seq_length_cut():
     assert {"truncated_records", "dropped_records"} <= set(COLUMNS)
+
+
+def test_the_sweep_table_writes_large_figures_in_digits_not_exponents(tmp_path):
+    from llmft.sweeps.table import write_comparison
+
+    row = {c: None for c in COLUMNS}
+    row.update(job="j", overrides="objective.beta=0.05", status="completed", tokens_per_s=11192.34, eval_loss=5.5614,
+               peak_memory_mb=730.31, params={"objective.beta": "0.05"})
+    write_comparison([row], tmp_path)
+    line = (tmp_path / "sweep_summary.md").read_text().splitlines()[2]
+    assert "| 11192 |" in line and "e+" not in line
+    assert "| 5.561 |" in line and "| 730.3 |" in line
