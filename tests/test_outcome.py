@@ -80,3 +80,16 @@ def test_the_sweep_table_writes_large_figures_in_digits_not_exponents(tmp_path):
     line = (tmp_path / "sweep_summary.md").read_text().splitlines()[2]
     assert "| 11192 |" in line and "e+" not in line
     assert "| 5.561 |" in line and "| 730.3 |" in line
+
+
+def test_llmft_eval_says_the_answer_means_beside_perplexity_as_the_end_of_a_run_does(tmp_path, caplog):
+    from llmft.reevaluate import log_report
+
+    base = {"perplexity": {"eval_loss": 4.0, "perplexity": 54.6}, **_answers([20.0, 30.0])}
+    tuned = {"perplexity": {"eval_loss": 3.0, "perplexity": 20.1}, **_answers([25.0, 10.0])}
+    report = build_eval_report(base, tuned)
+    with caplog.at_level(logging.INFO):
+        log_report(report, tmp_path / "eval_report-20261201-000312.json")
+    assert "val perplexity 54.60 -> 20.10 (base -> fine-tuned); answers, mean over 2 prompts: chrf 25 -> 17.5 " \
+           "(no worse on 1 of 2)" in caplog.text
+    assert "samples-20261201-000312.md" in caplog.text
