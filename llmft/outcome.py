@@ -47,7 +47,7 @@ def evaluation_parts(base_perplexity, perplexity, means) -> List[str]:
         parts.append(f"val perplexity {base_perplexity:.2f} -> {perplexity:.2f} (base -> fine-tuned)")
     if means:
         n = means["prompts"]
-        parts.append(f"answers, mean over {n} prompts: " + ", ".join(
+        parts.append(f"answers, mean over {n} prompt{'' if n == 1 else 's'}: " + ", ".join(
             f"{k} {means['base'][k]:.4g} -> {v:.4g} (no worse on {means['no_worse'][k]} of {n})"
             for k, v in means["finetuned"].items()))
     return parts

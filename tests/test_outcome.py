@@ -93,3 +93,7 @@ def test_llmft_eval_says_the_answer_means_beside_perplexity_as_the_end_of_a_run_
     assert "val perplexity 54.60 -> 20.10 (base -> fine-tuned); answers, mean over 2 prompts: chrf 25 -> 17.5 " \
            "(no worse on 1 of 2)" in caplog.text
     assert "samples-20261201-000312.md" in caplog.text
+    one = build_eval_report({**base, **_answers([20.0])}, {**tuned, **_answers([25.0])})
+    with caplog.at_level(logging.INFO):
+        log_report(one, tmp_path / "eval_report-1.json")
+    assert "answers, mean over 1 prompt: chrf 20 -> 25 (no worse on 1 of 1)" in caplog.text
