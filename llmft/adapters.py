@@ -1,7 +1,6 @@
 """LoRA adapters on a loaded model, with k-bit preparation when the base weights are quantized."""
 
 import logging
-import warnings
 
 import torch
 
@@ -9,6 +8,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_t
 from transformers import PreTrainedModel
 
 from llmft.fused_lora import fuse_lora
+from llmft.quiet import peft_on_transformers5
 
 log = logging.getLogger(__name__)
 CHECKPOINTING = {"use_reentrant": False}
@@ -72,8 +72,7 @@ def apply_lora(model: PreTrainedModel, lora_config: LoraConfig, gradient_checkpo
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING)
         model.enable_input_require_grads()
     model.config.use_cache = False
-    with warnings.catch_warnings():  # peft still calls a name transformers 5 deprecated; nothing for users to do
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with peft_on_transformers5():
         peft_model = get_peft_model(model, lora_config)
     _trainable_in_fp32(peft_model)
     if fused:

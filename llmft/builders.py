@@ -17,6 +17,7 @@ from llmft.data.templates import use_chat_template
 from llmft.evaluation import EvalData, run_evaluators
 from llmft.evaluation.generation import can_pair
 from llmft.hardware import autocast, run_device, weights_dtype
+from llmft.quiet import peft_on_transformers5
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ def with_saved_adapter(loaded, adapter, device: str, fused: bool = False):
 
     from llmft.fused_lora import fuse_lora
 
-    model = PeftModel.from_pretrained(loaded.model, adapter)
+    with peft_on_transformers5():
+        model = PeftModel.from_pretrained(loaded.model, adapter)
     if fused:
         fuse_lora(model)
     return _placed(model, loaded, device).eval()

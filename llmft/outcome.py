@@ -1,7 +1,7 @@
 """What a run says at its end: the answers side by side, then one line of figures that do not mislead."""
 
 import logging
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, List, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +28,7 @@ def log_outcome(summary: Dict[str, Any]) -> None:
         log.error("Run %s after %.0f s: %s. Run folder: %s", summary["status"], summary["duration_s"],
                   str(summary.get("error")).rstrip("."), summary["output_dir"])
         return
-    parts = []
-    if summary.get("perplexity") is not None:
-        parts.append(f"val perplexity {summary['base_perplexity']:.2f} -> {summary['perplexity']:.2f} "
-                     "(base -> fine-tuned)")
-    means = summary.get("answer_means") or {}
-    if means:
-        n = means["prompts"]
-        parts.append(f"answers, mean over {n} prompts: " + ", ".join(
-            f"{k} {means['base'][k]:.4g} -> {v:.4g} (no worse on {means['no_worse'][k]} of {n})"
-            for k, v in means["finetuned"].items()))
+    parts = evaluation_parts(summary.get("base_perplexity"), summary.get("perplexity"), summary.get("answer_means"))
     cut, dropped = summary.get("truncated_records"), summary.get("dropped_records")
     if cut or dropped:
         parts.append(f"data.max_seq_length cut {cut or 0} and dropped {dropped or 0} of "
@@ -46,6 +37,20 @@ def log_outcome(summary: Dict[str, Any]) -> None:
                  f"{summary['tokens_per_s']:.0f} tok/s, "
                  f"peak memory {summary['peak_memory_mb']:.0f} MB{_plan_beside(summary)}")
     log.info("Done in %.0f s: %s. Run folder: %s", summary["duration_s"], "; ".join(parts), summary["output_dir"])
+
+
+def evaluation_parts(base_perplexity, perplexity, means) -> List[str]:
+    """The evaluation's figures, base -> fine-tuned: perplexity, and each answer score's mean over the prompts with a
+    reference (``answer_means`` of the report); the end of a run and ``llmft-eval`` both say them so."""
+    parts = []
+    if perplexity is not None and base_perplexity is not None:
+        parts.append(f"val perplexity {base_perplexity:.2f} -> {perplexity:.2f} (base -> fine-tuned)")
+    if means:
+        n = means["prompts"]
+        parts.append(f"answers, mean over {n} prompt{'' if n == 1 else 's'}: " + ", ".join(
+            f"{k} {means['base'][k]:.4g} -> {v:.4g} (no worse on {means['no_worse'][k]} of {n})"
+            for k, v in means["finetuned"].items()))
+    return parts
 
 
 def _plan_beside(summary: Mapping[str, Any]) -> str:

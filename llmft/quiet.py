@@ -9,6 +9,8 @@ import importlib
 import logging
 import os
 import sys
+import warnings
+from contextlib import contextmanager
 from functools import partial
 from typing import Tuple
 
@@ -73,3 +75,12 @@ def quiet_libraries(verbose: bool = False) -> None:
                 bar = getattr(owner, name)
                 if not isinstance(bar, partial):
                     setattr(owner, name, partial(bar, disable=True))
+
+
+@contextmanager
+def peft_on_transformers5():
+    """peft (building or loading an adapter) still reads ``is_gradient_checkpointing``, which transformers 5
+    deprecated: a FutureWarning about a name llmft does not call, with nothing for a user to do."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield

@@ -13,6 +13,7 @@ from typing import Sequence
 
 from llmft.config.precheck import fail
 from llmft.errors import ConfigError, LlmftError
+from llmft.outcome import evaluation_parts
 from llmft.quiet import quiet_libraries
 from llmft.runs import load_with_adapter, open_run
 
@@ -46,7 +47,7 @@ def reevaluate(folder: str, overrides: Sequence[str] = ()) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = _unused(run.folder / f"eval_report-{stamp}.json")
     RunRecorder(run.folder).write_json(path.name, report)
-    path.with_name(path.name.replace("eval_report", "samples").replace(".json", ".md")).write_text(
+    samples_beside(path).write_text(
         samples_markdown(report, f"{loaded.name}: base vs fine-tuned (re-evaluated {stamp})"), encoding="utf-8")
     return path
 
@@ -72,11 +73,21 @@ def main(argv=None) -> None:
         path = reevaluate(args[0], args[1:])
     except LlmftError as exc:
         fail(str(exc), code=2, program="llmft-eval")
-    report = json.loads(path.read_text())
-    if "perplexity" in report:
-        log.info("val perplexity %.2f -> %.2f (base -> fine-tuned)", report["base"]["perplexity"],
-                 report["perplexity"])
-    log.info("Wrote %s", path)
+    log_report(json.loads(path.read_text()), path)
+
+
+def log_report(report: dict, path: Path) -> None:
+    """The new report's figures, base -> fine-tuned, as the end of a run says them, and where it went."""
+    parts = evaluation_parts(report.get("base", {}).get("perplexity"), report.get("perplexity"),
+                             report.get("answer_means"))
+    if parts:
+        log.info("%s", "; ".join(parts))
+    log.info("Wrote %s and %s", path, samples_beside(path))
+
+
+def samples_beside(path: Path) -> Path:
+    """The ``samples-*.md`` that goes with the report ``eval_report-*.json`` at ``path``."""
+    return path.with_name(path.name.replace("eval_report", "samples").replace(".json", ".md"))
 
 
 if __name__ == "__main__":

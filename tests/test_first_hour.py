@@ -135,7 +135,7 @@ def test_library_noise_is_filtered_at_its_source_and_hydra_verbose_shows_it(tmp_
     again = subprocess.run([sys.executable, "-m", "llmft.reevaluate", str(tmp_path / "0")],
                            capture_output=True, text=True, timeout=300)  # llmft-eval scores the answers again
     assert again.returncode == 0, again.stderr[-2000:]
-    for _, message in NOISE:
+    for message in [m for _, m in NOISE] + ["is_gradient_checkpointing"]:  # peft reading the adapter back
         assert message not in again.stdout + again.stderr
 
 

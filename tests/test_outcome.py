@@ -68,3 +68,32 @@ def test_the_plan_line_says_it_is_the_worst_case(make_cfg, caplog):
 
 def test_the_sweep_table_shows_what_max_seq_length_cut():
     assert {"truncated_records", "dropped_records"} <= set(COLUMNS)
+
+
+def test_the_sweep_table_writes_large_figures_in_digits_not_exponents(tmp_path):
+    from llmft.sweeps.table import write_comparison
+
+    row = {c: None for c in COLUMNS}
+    row.update(job="j", overrides="objective.beta=0.05", status="completed", tokens_per_s=11192.34, eval_loss=5.5614,
+               peak_memory_mb=730.31, params={"objective.beta": "0.05"})
+    write_comparison([row], tmp_path)
+    line = (tmp_path / "sweep_summary.md").read_text().splitlines()[2]
+    assert "| 11192 |" in line and "e+" not in line
+    assert "| 5.561 |" in line and "| 730.3 |" in line
+
+
+def test_llmft_eval_says_the_answer_means_beside_perplexity_as_the_end_of_a_run_does(tmp_path, caplog):
+    from llmft.reevaluate import log_report
+
+    base = {"perplexity": {"eval_loss": 4.0, "perplexity": 54.6}, **_answers([20.0, 30.0])}
+    tuned = {"perplexity": {"eval_loss": 3.0, "perplexity": 20.1}, **_answers([25.0, 10.0])}
+    report = build_eval_report(base, tuned)
+    with caplog.at_level(logging.INFO):
+        log_report(report, tmp_path / "eval_report-20261201-000312.json")
+    assert "val perplexity 54.60 -> 20.10 (base -> fine-tuned); answers, mean over 2 prompts: chrf 25 -> 17.5 " \
+           "(no worse on 1 of 2)" in caplog.text
+    assert "samples-20261201-000312.md" in caplog.text
+    one = build_eval_report({**base, **_answers([20.0])}, {**tuned, **_answers([25.0])})
+    with caplog.at_level(logging.INFO):
+        log_report(one, tmp_path / "eval_report-1.json")
+    assert "answers, mean over 1 prompt: chrf 20 -> 25 (no worse on 1 of 1)" in caplog.text

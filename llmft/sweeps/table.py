@@ -103,6 +103,6 @@ def _short(overrides: str) -> str:
 def _cell(value) -> str:
     if value is None:
         return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
+    if isinstance(value, float):  # 4 significant digits; from 1,000 (tokens/s) whole, not 1.119e+04
+        return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     return str(value).replace("|", "\\|").replace("\n", " ")
