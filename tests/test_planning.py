@@ -16,7 +16,8 @@ from llmft.models.tiny import byte_level_tokenizer
 from llmft.planning import plan_memory, setup_from_cfg
 from llmft.planning.arch import BYTE_LEVEL_VOCAB, find_arch, from_config
 from llmft.planning.fit import suggest
-from llmft.planning.plan import CPU_BASELINE_BYTES, CPU_RETENTION, CUDA_CONTEXT_BYTES, CUDA_ALLOCATOR_SLACK
+from llmft.planning.plan import (BITSANDBYTES_BYTES, CPU_BASELINE_BYTES, CPU_RETENTION, CUDA_ALLOCATOR_SLACK,
+                                 CUDA_CONTEXT_BYTES)
 from llmft.planning.setup import GIB
 
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
@@ -70,7 +71,11 @@ def test_tiny_activations_and_logits_by_hand(tiny):
     assert t["activations"] == expected
     assert t["logits"] == tokens * 259 * (4 + 4 + 4 + 4)   # logits, log-softmax, its gradient, the loss gradient
     assert "evaluation" not in t                             # perplexity at batch 8 stays below the training step
-    assert t["overhead"] == pytest.approx(CPU_BASELINE_BYTES + CPU_RETENTION * (expected + t["logits"]))
+    assert not tiny.bitsandbytes  # a run without quantization keeps bitsandbytes out of its process
+    baseline = CPU_BASELINE_BYTES - BITSANDBYTES_BYTES
+    assert t["overhead"] == pytest.approx(baseline + CPU_RETENTION * (expected + t["logits"]))
+    with_it = terms(plan_memory(replace(tiny, bitsandbytes=True)))
+    assert with_it["overhead"] - t["overhead"] == pytest.approx(BITSANDBYTES_BYTES)
 
 
 def test_chunked_loss_holds_one_chunk_of_logits_and_its_hidden_states(tiny):
