@@ -108,7 +108,8 @@ def _run_in(folder: RunFolder, cfg: DictConfig, overrides: Sequence[str], resume
     finally:
         peak = max(summary.get("peak_memory_mb_per_process") or [peak_memory_mb(cfg.hardware.device)])
         reserved = peak_reserved_mb(cfg.hardware.device)
-        summary.update(duration_s=round(time.perf_counter() - start, 1), peak_memory_mb=round(peak, 1),
+        measured = {} if summary.get("status") == "skipped" else {"peak_memory_mb": round(peak, 1)}  # not a sweep's
+        summary.update(duration_s=round(time.perf_counter() - start, 1), **measured,
                        **({"peak_reserved_mb": round(reserved, 1)} if reserved else {}),
                        **memory_summary(plan, summary, peak), output_dir=str(folder.path.resolve()),
                        environment=describe_environment())

@@ -70,6 +70,7 @@ def test_a_gpu_profile_without_cuda_is_skipped_with_its_plan(make_cfg, tmp_path)
     plan = summary["memory_plan"]
     assert plan["budget_mb"] == 6 * 1024 and plan["fits"] and "terms_mb" in plan
     assert "memory_error_pct" not in summary and not (tmp_path / "adapter").exists()
+    assert "peak_memory_mb" not in summary  # it never ran: a sweep row must not show the process's peak as its own
 
 
 def llmft_plan(*args):
