@@ -43,7 +43,7 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 def _softcap(config) -> Callable[[torch.Tensor], torch.Tensor]:
     cap = config.final_logit_softcapping
-    return (lambda x: x) if cap is None else (lambda x: torch.tanh(x / cap) * cap)
+    return _identity if cap is None else (lambda x: torch.tanh(x / cap) * cap)
 
 
 # model_type -> the function of the config that the CausalLM forward applies to lm_head's output

@@ -33,13 +33,10 @@ def needs_bitsandbytes(cfg: Any) -> bool:
                                                 for _, node in iter_targets(cfg))
 
 
-def keep_out_bitsandbytes(cfg: Any) -> bool:
+def keep_out_bitsandbytes(cfg: Any) -> None:
     """Keep bitsandbytes out of a process whose one run (``cfg``) does not use it (``needs_bitsandbytes``): peft
     imports bitsandbytes whenever it is installed, and bitsandbytes compiles its kernels with ``torch.compile`` as
     it loads (0.8 s of start-up and 48 MiB of resident memory here), for nothing such a run calls. Process-wide,
-    since peft remembers what it found: not for a process that may run another configuration later (a sweep).
-    Returns whether it is kept out."""
-    if needs_bitsandbytes(cfg):
-        return False
-    sys.modules.setdefault("bitsandbytes", None)  # Python's mark for a module that is not there
-    return sys.modules["bitsandbytes"] is None
+    since peft remembers what it found: not for a process that may run another configuration later (a sweep)."""
+    if not needs_bitsandbytes(cfg):
+        sys.modules.setdefault("bitsandbytes", None)  # Python's mark for a module that is not there

@@ -163,8 +163,9 @@ def _overhead(s: Setup, terms: List[Term]) -> Term:
     GPU: the CUDA context (``CUDA_CONTEXT_BYTES``, outside torch's allocator) and the caching allocator's
     reserve above its allocations (``CUDA_ALLOCATOR_SLACK`` of the peak). CPU: the resident memory of a process
     that has imported torch, transformers, peft, accelerate and datasets and holds the tokenizer and the data
-    (``CPU_BASELINE_BYTES``, less ``BITSANDBYTES_BYTES`` for a run that keeps bitsandbytes out), plus what glibc keeps resident of the step's freed temporaries: the activations and
-    logits of one step are freed and allocated again in the next, and the heap holds on to a share of them
+    (``CPU_BASELINE_BYTES``, less ``BITSANDBYTES_BYTES`` for a run that keeps bitsandbytes out), plus what glibc
+    keeps resident of the step's freed temporaries: the activations and logits of one step are freed and allocated
+    again in the next, and the heap holds on to a share of them
     (``CPU_RETENTION``). With several processes, one copy of the whole base weights made at start-up and freed
     stays resident too (``CPU_STARTUP_COPY``): FSDP's whole weights once sharded (with ``cpu_ram_efficient_loading``
     the main process's, and the others' buffers that receive each whole parameter from it), DDP's broadcast of the parameters

@@ -76,8 +76,8 @@ class Setup:
     rows_per_example: int = 1                # 2 for a preference objective: a pair's chosen and rejected rows
     reference_pass: bool = False             # DPO: a no-grad forward with the adapter disabled before each step
     optimizer: str = "torch.optim.AdamW"
-    bitsandbytes: bool = True                # the process imports bitsandbytes (llmft.quantization.needs_bitsandbytes)
     optimizer_kwargs: Tuple[Tuple[str, Any], ...] = ()
+    bitsandbytes: bool = True                # the process imports bitsandbytes (llmft.quantization.needs_bitsandbytes)
     eval_batch_size: int = 0                 # the perplexity evaluator's batch; 0: none
     eval_batch_key: str = ""                 # its config key (eval.perplexity.batch_size)
     eval_during_training: bool = False       # trainer.eval_every: validation at the micro-batch size
@@ -119,11 +119,10 @@ class Setup:
         ``_linear_head_by_hand``): the chunked loss of a one-row objective (SFT; DPO and ORPO recompute their chunks
         through autograd), a frozen head (not trained as a LoRA target or a saved module), no FSDP. Every family
         the planner knows uses its logits as they are (no soft-capping or scaling)."""
-        trained = [t for t in (*self.lora.modules_to_save, *(() if isinstance(self.lora.target_modules, str)
-                                                               else self.lora.target_modules))
-                   if t.split(".")[-1] in ("lm_head", "embed_tokens")]
-        if isinstance(self.lora.target_modules, str) and self.lora.target_modules != "all-linear":
-            trained += [t for t in ("lm_head",) if re.fullmatch(self.lora.target_modules, t)]
+        targets = self.lora.target_modules
+        named = (*self.lora.modules_to_save, *(() if isinstance(targets, str) else targets))
+        trained = any(t.split(".")[-1] in ("lm_head", "embed_tokens") for t in named) or (
+            isinstance(targets, str) and targets != "all-linear" and re.fullmatch(targets, "lm_head") is not None)
         return (bool(self.loss_chunk_tokens) and self.rows_per_example == 1 and not trained
                 and not self.distributed.startswith("fsdp"))
 
