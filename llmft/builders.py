@@ -74,16 +74,16 @@ def _placed(model, loaded, device: str):
     return model
 
 
-def read_splits(cfg: DictConfig, report_dir=None) -> Splits:
+def read_splits(cfg: DictConfig, report_dir=None, objective=None) -> Splits:
     """The training and validation records that ``cfg.data`` and ``cfg.data_format`` describe.
 
     With ``report_dir`` (the run folder), rejected records go to its ``rejects.jsonl`` and the counts to its
-    ``data_report.json``.
+    ``data_report.json``. ``objective``: the run's, when built already (it says whether records are pairs).
     """
     return load_splits(build(cfg.data_format), cfg.data.path, cfg.data.val_path, cfg.data.val_ratio, cfg.seed,
                        cfg.data.max_samples, strict=cfg.data.strict, report_dir=report_dir,
                        system_into_user=cfg.data.system_into_user, sources=cfg.data.sources,
-                       pairs=build(cfg.objective).pairs)
+                       pairs=(objective or build(cfg.objective)).pairs)
 
 
 def tokenize_split(cfg: DictConfig, tokenizer, records, split: str, objective=None):
@@ -106,7 +106,7 @@ def evaluation_data(cfg: DictConfig, tokenizer, records) -> EvalData:
     tokenized, _ = tokenize_split(cfg, tokenizer, records, "val")
     pairs = None
     if records and "rejected" in records[0]:
-        pairs, _ = tokenize_pairs(records, tokenizer, cfg.data.max_seq_length, "val", cfg.paths.cache_dir)
+        pairs, _ = tokenize_pairs(records, tokenizer, cfg.data.max_seq_length, "val pairs", cfg.paths.cache_dir)
     return EvalData(records=records, tokenized=tokenized, pairs=pairs)
 
 

@@ -28,7 +28,8 @@ def log_outcome(summary: Dict[str, Any]) -> None:
         log.error("Run %s after %.0f s: %s. Run folder: %s", summary["status"], summary["duration_s"],
                   str(summary.get("error")).rstrip("."), summary["output_dir"])
         return
-    parts = evaluation_parts(summary.get("base_perplexity"), summary.get("perplexity"), summary.get("answer_means"))
+    parts = evaluation_parts(summary.get("base_perplexity"), summary.get("perplexity"), summary.get("answer_means"),
+                             summary.get("preference"))
     cut, dropped = summary.get("truncated_records"), summary.get("dropped_records")
     if cut or dropped:
         parts.append(f"data.max_seq_length cut {cut or 0} and dropped {dropped or 0} of "
@@ -39,12 +40,18 @@ def log_outcome(summary: Dict[str, Any]) -> None:
     log.info("Done in %.0f s: %s. Run folder: %s", summary["duration_s"], "; ".join(parts), summary["output_dir"])
 
 
-def evaluation_parts(base_perplexity, perplexity, means) -> List[str]:
-    """The evaluation's figures, base -> fine-tuned: perplexity, and each answer score's mean over the prompts with a
-    reference (``answer_means`` of the report); the end of a run and ``llmft-eval`` both say them so."""
+def evaluation_parts(base_perplexity, perplexity, means, preference=None) -> List[str]:
+    """The evaluation's figures, base -> fine-tuned: perplexity, the preference figures on the validation pairs
+    (``preference_figures``), and each answer score's mean over the prompts with a reference (``answer_means`` of
+    the report); the end of a run and ``llmft-eval`` both say them so."""
     parts = []
     if perplexity is not None and base_perplexity is not None:
         parts.append(f"val perplexity {base_perplexity:.2f} -> {perplexity:.2f} (base -> fine-tuned)")
+    if preference:
+        base, tuned = preference["base"], preference["finetuned"]
+        parts.append(f"val pairs: preference accuracy {base['preference_accuracy']:.3f} -> "
+                     f"{tuned['preference_accuracy']:.3f}, reward margin {base['reward_margin']:.2f} -> "
+                     f"{tuned['reward_margin']:.2f} nats")
     if means:
         n = means["prompts"]
         parts.append(f"answers, mean over {n} prompt{'' if n == 1 else 's'}: " + ", ".join(

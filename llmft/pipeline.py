@@ -21,7 +21,7 @@ from llmft.distributed import (each_process, hold_trainable, is_main_rank, loads
                                reinit_shards, shards_model, trainable_state, weights_held_mb)
 from llmft.environment import describe_environment
 from llmft.errors import ConfigError, DeviceUnavailableError
-from llmft.evaluation import Perplexity, build_eval_report, samples_markdown
+from llmft.evaluation import Perplexity, build_eval_report, preference_figures, samples_markdown
 from llmft.files import WriteError, atomic_write, read_json, write_json, write_manifest
 from llmft.hardware import autocast, resolve_precision, use_device
 from llmft.interrupt import Interrupted
@@ -136,7 +136,7 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
     on_main_only = loads_on_main_only(spread, cfg.quantization is not None)
     use_device(hardware.device)  # this rank's GPU, current before any weight loads
     with main_process_first(hardware.device):  # the others then read the model and data it cached
-        splits = read_splits(cfg, recorder.output_dir)
+        splits = read_splits(cfg, recorder.output_dir, objective)
         loaded = build_model(cfg, hardware.device, empty=on_main_only and not is_main_rank())
         tokenizer = loaded.tokenizer
         train_set, train_dropped = tokenize_split(cfg, tokenizer, splits.train, "train", objective)
@@ -182,7 +182,7 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
             "truncated_records": records_cut(train_set, cfg.data.max_seq_length), "rejected_records": splits.rejected,
             "duplicate_records": splits.duplicates, "eval_loss": report.get("eval_loss"),
             "perplexity": report.get("perplexity"), "base_perplexity": report["base"].get("perplexity"),
-            "answer_means": report.get("answer_means"),
+            "answer_means": report.get("answer_means"), "preference": preference_figures(report) or None,
             "trainable_params": trainable, "total_params": total, "tokens_per_s": round(result.tokens_per_s, 1),
             "train_duration_s": round(result.duration_s, 1), "base_eval_duration_s": round(base_eval.seconds, 1),
             "eval_duration_s": round(eval_s, 1),

@@ -78,8 +78,10 @@ def main(argv=None) -> None:
 
 def log_report(report: dict, path: Path) -> None:
     """The new report's figures, base -> fine-tuned, as the end of a run says them, and where it went."""
+    from llmft.evaluation import preference_figures
+
     parts = evaluation_parts(report.get("base", {}).get("perplexity"), report.get("perplexity"),
-                             report.get("answer_means"))
+                             report.get("answer_means"), preference_figures(report))
     if parts:
         log.info("%s", "; ".join(parts))
     log.info("Wrote %s and %s", path, samples_beside(path))

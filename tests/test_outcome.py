@@ -45,6 +45,36 @@ def test_the_end_of_run_line_puts_the_answer_means_and_the_plan_beside_perplexit
     assert "peak memory 3636 MB (planned 10957 MB in the worst case, 3900 MB at the longest record)" in line
 
 
+def test_a_run_on_pairs_ends_with_its_preference_figures_and_its_sweep_table_shows_them(tmp_path, caplog):
+    from llmft.evaluation.report import preference_figures
+    from llmft.sweeps.table import write_comparison
+
+    figures = lambda accuracy, margin: {"preference": {  # noqa: E731
+        "metrics": {"preference_accuracy": accuracy, "reward_margin": margin, "chosen_logp": -246.3}}}
+    report = build_eval_report(figures(0.4, 0.0), figures(0.6, 2.0))
+    assert preference_figures(report) == {"base": {"preference_accuracy": 0.4, "reward_margin": 0.0},
+                                          "finetuned": {"preference_accuracy": 0.6, "reward_margin": 2.0}}
+    assert preference_figures(build_eval_report(_answers([1.0]), _answers([2.0]))) == {}  # conversations
+    summary = {"status": "completed", "duration_s": 30.0, "perplexity": 40.0, "base_perplexity": 41.0,
+               "preference": preference_figures(report), "mean_train_loss_last_epoch": 0.6, "tokens_per_s": 376.0,
+               "peak_memory_mb": 4009.0, "output_dir": "/x"}
+    with caplog.at_level(logging.INFO, logger="llmft.outcome"):
+        log_outcome(summary)
+    assert "val pairs: preference accuracy 0.400 -> 0.600, reward margin 0.00 -> 2.00 nats" in \
+        caplog.records[-1].getMessage()
+
+    def row(job, **figures):
+        return {**{c: None for c in COLUMNS}, "job": job, "overrides": job, "status": "completed",
+                "params": {"objective": job}, **figures}
+    write_comparison([row("sft", eval_loss=1.0), row("dpo", eval_loss=1.1, preference_accuracy=0.6,
+                                                     reward_margin=2.0)], tmp_path)
+    header, _, sft, dpo = (tmp_path / "sweep_summary.md").read_text().splitlines()
+    assert "| perplexity | preference_accuracy | reward_margin | tokens_per_s |" in header
+    assert "| 0.6 | 2 |" in dpo and "|  |  |" in sft
+    write_comparison([row("sft", eval_loss=1.0)], tmp_path / "conversations")
+    assert "preference" not in (tmp_path / "conversations" / "sweep_summary.md").read_text()
+
+
 def test_records_cut_counts_records_with_an_example_at_the_limit():
     tokenized = Dataset.from_list([{"record": 0, "input_ids": [1] * 8}, {"record": 1, "input_ids": [1] * 3},
                                    {"record": 2, "input_ids": [1] * 8}, {"record": 2, "input_ids": [1] * 2}])

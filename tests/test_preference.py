@@ -4,6 +4,7 @@ on the real ../shared/realdata/preference/dpo_en_demo.json."""
 
 import copy
 import json
+import logging
 import math
 
 import pytest
@@ -227,12 +228,18 @@ def test_a_dpo_run_raises_preference_accuracy_on_its_training_pairs(make_cfg, tm
     assert rows[0]["rewards/margin"] == 0.0 and rows[-1]["rewards/margin"] > 0 and rows[-1]["rewards/accuracy"] > 0.5
 
 
-def test_qlora_dpo_runs_and_reports_preference_figures(make_cfg, tmp_path):
+def test_qlora_dpo_runs_and_reports_preference_figures(make_cfg, tmp_path, caplog):
     realdata("preference", "dpo_en_demo.json")
     cfg = make_cfg([*TINY_NO_EVAL, *DEMO, "objective=dpo", "quantization=nf4", "data.max_seq_length=256",
                     "eval=preference"])
-    summary = run(cfg, tmp_path)
+    with caplog.at_level(logging.INFO):
+        summary = run(cfg, tmp_path)
     assert summary["status"] == "completed"
+    said = [record.getMessage() for record in caplog.records]
+    assert said.count("Building llmft.objectives.DPO") == 1  # each thing is built, and said, once
+    assert [m.split(":")[0] for m in said if m.startswith("Tokenized")] == ["Tokenized train", "Tokenized val",
+                                                                          "Tokenized val pairs"]
+    assert any(m.startswith("Done in") and "val pairs: preference accuracy" in m for m in said)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert abs(rows[0]["loss"] - math.log(2)) < 1e-6 and all(r["grad_norm"] > 0 for r in rows)
     assert rows[-1]["rewards/margin"] != 0.0  # the 4-bit policy moved away from its 4-bit reference
@@ -240,6 +247,7 @@ def test_qlora_dpo_runs_and_reports_preference_figures(make_cfg, tmp_path):
     assert set(report["metrics"]["finetuned"]) == {"preference_accuracy", "reward_margin", "logp_accuracy",
                                                    "chosen_logp", "rejected_logp"}
     assert report["metrics"]["base"]["reward_margin"] == 0.0
+    assert summary["preference"]["finetuned"]["reward_margin"] == report["metrics"]["finetuned"]["reward_margin"]
     assert "| preference_accuracy |" in (tmp_path / "samples.md").read_text()  # a table without perplexity too
 
 

@@ -10,6 +10,7 @@ _EXPORTS = {
     "EvalData": "llmft.evaluation.data", "ReferenceMetrics": "llmft.evaluation.metrics",
     "Perplexity": "llmft.evaluation.perplexity", "PreferenceAccuracy": "llmft.evaluation.preference",
     "PromptAnswers": "llmft.evaluation.prompts", "build_eval_report": "llmft.evaluation.report",
+    "preference_figures": "llmft.evaluation.report",
     "run_evaluators": "llmft.evaluation.report", "samples_markdown": "llmft.evaluation.report",
 }
 

@@ -5,6 +5,7 @@ from typing import Any, Dict, List
 
 log = logging.getLogger(__name__)
 FIGURES = ("eval_loss", "perplexity", "num_samples", "total_tokens")
+PREFERENCE = ("preference_accuracy", "reward_margin")  # the preference evaluator's figures a run ends with
 
 
 def run_evaluators(evaluators: Dict[str, Any], model, tokenizer, data, label: str) -> Dict[str, dict]:
@@ -49,6 +50,15 @@ def answer_means(rows: List[dict]) -> dict:
     mean = lambda side: {n: sum(s[side][n] for s in scored) / len(scored) for n in names}  # noqa: E731
     return {"prompts": len(scored), "base": mean("base"), "finetuned": mean("finetuned"),
             "no_worse": {n: sum(s["finetuned"][n] >= s["base"][n] for s in scored) for n in names}}
+
+
+def preference_figures(report: Dict[str, Any]) -> dict:
+    """The preference evaluator's headline figures (``PREFERENCE``), ``base`` and ``finetuned``, from a report's
+    ``metrics``; {} when there were no preference pairs to evaluate."""
+    metrics = report.get("metrics") or {}
+    if not all(k in metrics.get("finetuned", {}) for k in PREFERENCE):
+        return {}
+    return {side: {k: metrics[side][k] for k in PREFERENCE} for side in ("base", "finetuned")}
 
 
 def _prompt_results(base: Dict[str, dict], tuned: Dict[str, dict]) -> List[dict]:

@@ -3,7 +3,9 @@
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
+# a panel each, for the metrics that some completed run has (the preference figures: runs on pairs)
 METRICS = [("eval_loss", "validation loss"), ("perplexity", "validation perplexity"),
+           ("preference_accuracy", "preference accuracy (val pairs)"), ("reward_margin", "reward margin (nats)"),
            ("tokens_per_s", "training tokens/s"), ("peak_memory_mb", "peak memory (MB)")]
 UNSET = "(default)"  # a run that did not override the parameter: it ran with the config's value
 
@@ -38,14 +40,16 @@ def plot_against_parameters(rows: List[Dict], params: List[str], out_dir: Path) 
     for param in params:
         values = sorted({r["params"].get(param, UNSET) for r in done},
                         key=lambda v: (_number(v) is None, _number(v) or 0.0, v))
-        if not values:
+        metrics = [(key, label) for key, label in METRICS if any(r.get(key) is not None for r in done)]
+        if not values or not metrics:
             continue
-        fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.4))
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False)
+        axes = axes[0]
         groups: Dict[str, List[Dict]] = {}
         for row in done:
             rest = " ".join(f"{k}={v}" for k, v in sorted(row["params"].items()) if k != param and k in params)
             groups.setdefault(rest or "all", []).append(row)
-        _panels(axes, groups, param, values)
+        _panels(axes, metrics, groups, param, values)
         if len(groups) > 1:
             axes[0].legend(fontsize=7)
         fig.tight_layout()
@@ -56,9 +60,9 @@ def plot_against_parameters(rows: List[Dict], params: List[str], out_dir: Path) 
     return written
 
 
-def _panels(axes, groups: Dict[str, List[Dict]], param: str, values: List[str]) -> None:
+def _panels(axes, metrics, groups: Dict[str, List[Dict]], param: str, values: List[str]) -> None:
     position, scale = axis(values)
-    for ax, (key, label) in zip(axes, METRICS):
+    for ax, (key, label) in zip(axes, metrics):
         for rest, members in groups.items():
             points = sorted((position[m["params"].get(param, UNSET)], m[key]) for m in members
                             if m.get(key) is not None)

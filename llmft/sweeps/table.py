@@ -13,6 +13,9 @@ from llmft.sweeps.plots import plot_against_parameters
 # train on the same data, so they give the same figures)
 COLUMNS = ["job", "overrides", "status", "mean_train_loss_last_epoch", "eval_loss", "perplexity", "tokens_per_s",
            "peak_memory_mb", "trainable_params", "truncated_records", "dropped_records", "duration_s", "reason"]
+# the fine-tuned model's preference figures on validation pairs (summary.json's "preference"), after perplexity;
+# a table shows them when some run has them (runs on pairs), so a sweep of conversations gets no empty columns
+PREFERENCE_COLUMNS = ["preference_accuracy", "reward_margin"]
 
 
 PLAIN_RUN = "(none: the defaults)"
@@ -52,6 +55,7 @@ def collect_runs(paths: Iterable[str]) -> List[Dict]:
         summary = _summary(folder)
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
         row = {key: summary.get(key) for key in COLUMNS}
+        row.update((summary.get("preference") or {}).get("finetuned", {}))
         row.update(job=str(folder), overrides=" ".join(overrides or []) or PLAIN_RUN,
                    params=_params(overrides or []), reason=summary.get("reason") or summary.get("error"))
         rows.append(row)
@@ -71,17 +75,25 @@ def swept_parameters(rows: List[Dict]) -> List[str]:
 def write_comparison(rows: List[Dict], out_dir: Path, name: str = "sweep_summary") -> List[Path]:
     """Write ``NAME.csv``, ``NAME.md`` and one PNG per swept parameter into ``out_dir``; return the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    columns = table_columns(rows)
     with (out_dir / f"{name}.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    (out_dir / f"{name}.md").write_text(_markdown(rows))
+    (out_dir / f"{name}.md").write_text(_markdown(rows, columns))
     plots = plot_against_parameters(rows, swept_parameters(rows), out_dir)
     return [out_dir / f"{name}.csv", out_dir / f"{name}.md", *plots]
 
 
-def _markdown(rows: List[Dict]) -> str:
-    shown = [c for c in COLUMNS if c != "job"]
+def table_columns(rows: List[Dict]) -> List[str]:
+    """``COLUMNS``, with the preference figures after perplexity when some row has them."""
+    extra = [c for c in PREFERENCE_COLUMNS if any(row.get(c) is not None for row in rows)]
+    at = COLUMNS.index("perplexity") + 1
+    return COLUMNS[:at] + extra + COLUMNS[at:]
+
+
+def _markdown(rows: List[Dict], columns: List[str]) -> str:
+    shown = [c for c in columns if c != "job"]
     lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     for row in rows:
         lines.append("| " + " | ".join(_cell(row.get(c)) if c != "overrides" else _cell(_short(row[c]))
