@@ -17,12 +17,14 @@ from llmft.config.precheck import check_overrides
 from llmft.data.pairs import pair_collate
 from llmft.objectives.preference import reference_model
 from llmft.builders import build, read_splits, tokenize_split
+from llmft.quiet import quiet_libraries
 
 
 def main(overrides):
     if overrides[:1] in (["-h"], ["--help"]):  # the rest are llmft-train overrides, which take no --help
         print(__doc__)
         return
+    quiet_libraries()  # no weight-loading or tokenizing bars in a piped output
     cfg = check_overrides(["objective=dpo", "data.path=../shared/realdata/preference/dpo_en_demo.json",
                            "data.max_seq_length=256", *overrides])
     loaded = build(cfg.model, cache_dir=cfg.paths.cache_dir)
