@@ -249,18 +249,21 @@ def main(argv=None) -> None:
         parser.error("--max-new-tokens and --threads must be at least 1 and --temperature at least 0 (0: greedy)")
     logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     from llmft.quiet import quiet_libraries
+    from llmft.startup import quiet_collector
 
-    quiet_libraries()  # before the libraries load: bitsandbytes' kernel notice, progress bars off a terminal
-    import torch
-    import transformers
+    # the console script's libraries and model load without garbage collection (a caller's process is left alone)
+    with quiet_collector() if argv is None else contextlib.nullcontext():
+        quiet_libraries()  # before the libraries load: bitsandbytes' kernel notice, progress bars off a terminal
+        import torch
+        import transformers
 
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    others = Others()
-    try:
-        chat = open_chat(args, alone=True)
-    except LlmftError as exc:
-        fail(str(exc), code=2, program="llmft-chat")
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+        others = Others()
+        try:
+            chat = open_chat(args, alone=True)
+        except LlmftError as exc:
+            fail(str(exc), code=2, program="llmft-chat")
     torch.set_num_threads(args.threads or others.free_cores())
     if args.prompt is None:
         converse(chat, args.compare)

@@ -21,6 +21,7 @@ from llmft.quantization import keep_out_bitsandbytes
 from llmft.quiet import quiet_libraries
 from llmft.run_folder import check_writable, resume_argv
 from llmft.shutdown import fast_exit
+from llmft.startup import quiet_collector
 
 log = logging.getLogger("llmft")
 
@@ -29,10 +30,11 @@ log = logging.getLogger("llmft")
 def hydra_main(cfg: DictConfig) -> float:
     """Run one job; returns the validation loss (what a sweeper minimises)."""
     hydra_cfg = HydraConfig.get()
-    quiet_libraries(verbose=bool(hydra_cfg.verbose))  # before the libraries load and speak
-    if hydra_cfg.mode != RunMode.MULTIRUN:  # one run in this process (a sweep's later jobs may quantize)
-        keep_out_bitsandbytes(cfg)
-    from llmft.pipeline import run  # torch, transformers and peft load here, after the overrides are checked
+    with quiet_collector():  # torch, transformers and peft load here, after the overrides are checked
+        quiet_libraries(verbose=bool(hydra_cfg.verbose))  # before the libraries load and speak
+        if hydra_cfg.mode != RunMode.MULTIRUN:  # one run in this process (a sweep's later jobs may quantize)
+            keep_out_bitsandbytes(cfg)
+        from llmft.pipeline import run
 
     from llmft.interrupt import Interrupted
 
@@ -62,7 +64,8 @@ def hydra_main(cfg: DictConfig) -> float:
         log.exception("Job %s failed, the sweep goes on", hydra_cfg.job.num)
         return float("nan")
     finally:
-        release_memory()
+        if sweeping:  # one run: the process ends now, and the operating system takes its memory back at once
+            release_memory()
     return summary.get("eval_loss", summary.get("final_train_loss", float("nan")))
 
 

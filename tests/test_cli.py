@@ -74,3 +74,19 @@ def test_fast_exit_still_runs_exit_handlers_waits_for_threads_and_flushes():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 3
     assert result.stdout.split() == ["unflushed", "thread", "done", "handler", "ran"]
+
+
+def test_a_commands_imports_load_without_garbage_collection_and_stay_out_of_later_ones():
+    """``llmft.startup.quiet_collector``: no full collection while the libraries load; what they created is frozen
+    (left out of later collections); the collector is on again after; a second use (a sweep's next job) does
+    nothing, so what that job creates stays collectable. In a subprocess: freezing is for the whole process."""
+    script = ("import gc, json, sys\nfrom llmft.startup import quiet_collector\n"
+              "passes = []\ngc.callbacks.append(lambda phase, info: phase == 'start' and passes.append(1))\n"
+              "with quiet_collector():\n    inside = gc.isenabled()\n    import torch, transformers\n"
+              "    for _ in range(100000): [[]]\n"  # allocations that would have triggered collections
+              "during, frozen, after = len(passes), gc.get_freeze_count(), gc.isenabled()\n"
+              "with quiet_collector():\n    again = gc.isenabled()\n"
+              "print(json.dumps([inside, during, frozen, after, again, gc.get_freeze_count() == frozen]))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    inside, during, frozen, after, again, unchanged = json.loads(result.stdout.splitlines()[-1])
+    assert not inside and during == 0 and frozen > 100000 and after and again and unchanged
