@@ -261,6 +261,9 @@ def test_sweeps_over_the_objective_and_its_beta(tmp_path, cache_dir):
     assert [r["status"] for r in rows] == ["completed"] * 2
     reports = [json.loads((tmp_path / "objectives" / str(n) / "eval_report.json").read_text()) for n in (0, 1)]
     assert all("preference_accuracy" in r["metrics"]["finetuned"] for r in reports)  # SFT on pairs is scored too
+    table = (tmp_path / "objectives" / "sweep_summary.md").read_text()
+    assert "| preference_accuracy | reward_margin |" in table.splitlines()[0]
+    assert (tmp_path / "objectives" / "sweep_objective.png").is_file()
     rows = sweep(tmp_path / "betas", *common, "objective=dpo", "objective.beta=0.1,0.5", cache_dir=cache_dir)
     assert [r["status"] for r in rows] == ["completed"] * 2
     margins = [json.loads((tmp_path / "betas" / str(n) / "metrics.jsonl").read_text().splitlines()[-1])

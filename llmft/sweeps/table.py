@@ -7,6 +7,7 @@ from typing import Dict, Iterable, List
 
 import yaml
 
+from llmft.evaluation.report import PREFERENCE
 from llmft.sweeps.plots import plot_against_parameters
 
 # truncated_records / dropped_records: what data.max_seq_length cut or left out (two lengths that cut nothing
@@ -15,7 +16,7 @@ COLUMNS = ["job", "overrides", "status", "mean_train_loss_last_epoch", "eval_los
            "peak_memory_mb", "trainable_params", "truncated_records", "dropped_records", "duration_s", "reason"]
 # the fine-tuned model's preference figures on validation pairs (summary.json's "preference"), after perplexity;
 # a table shows them when some run has them (runs on pairs), so a sweep of conversations gets no empty columns
-PREFERENCE_COLUMNS = ["preference_accuracy", "reward_margin"]
+PREFERENCE_COLUMNS = list(PREFERENCE)
 
 
 PLAIN_RUN = "(none: the defaults)"
