@@ -64,6 +64,9 @@ def run_worker(worker: str, extra: List[str], data_dir: Path, args, log_dir: Pat
 
 def workload(data_dir: Path, args) -> Dict[str, int]:
     """Write the records the systems train on; count their tokens, labelled tokens and the model's FLOPs/token."""
+    from llmft.quiet import quiet_libraries
+
+    quiet_libraries()  # before transformers and peft load: no kernel notices or tokenizing bars in the table's output
     sys.path.insert(0, str(HERE))
     from throughput_workers import workload_overrides
 
