@@ -10,13 +10,7 @@ that changes meanwhile touches both alike. Prints the best and mean seconds per 
 import argparse
 import time
 
-import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
-
-from llmft.config.precheck import check_overrides
-from llmft.loss import lm_loss_sum
-from llmft.models.hub import find_source
+from llmft.quiet import peft_on_transformers5, quiet_libraries
 
 
 def main() -> None:
@@ -25,6 +19,15 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
+    quiet_libraries()  # before peft loads bitsandbytes: no kernel notice or weight-loading bars in the figures
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from llmft.config.precheck import check_overrides
+    from llmft.loss import lm_loss_sum
+    from llmft.models.hub import find_source
+
     model_cfg = check_overrides(["model=smollm2-135m"])
     source = find_source(model_cfg.model.name_or_path, None, model_cfg.model.gguf, model_cfg.paths.cache_dir)
     if source is None:
@@ -36,7 +39,9 @@ def main() -> None:
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
     variants = {"autocast bf16, fp32 weights": (torch.float32, True), "bf16 weights, no autocast": (torch.bfloat16, False)}
-    models = {k: get_peft_model(AutoModelForCausalLM.from_pretrained(source, dtype=d), lora) for k, (d, _) in variants.items()}
+    with peft_on_transformers5():  # peft's calls of transformers' deprecated names: not the user's concern
+        models = {k: get_peft_model(AutoModelForCausalLM.from_pretrained(source, dtype=d), lora)
+                  for k, (d, _) in variants.items()}
 
     def step(name: str) -> float:
         start = time.perf_counter()
