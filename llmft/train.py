@@ -30,15 +30,15 @@ log = logging.getLogger("llmft")
 def hydra_main(cfg: DictConfig) -> float:
     """Run one job; returns the validation loss (what a sweeper minimises)."""
     hydra_cfg = HydraConfig.get()
+    sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     with quiet_collector():  # torch, transformers and peft load here, after the overrides are checked
         quiet_libraries(verbose=bool(hydra_cfg.verbose))  # before the libraries load and speak
-        if hydra_cfg.mode != RunMode.MULTIRUN:  # one run in this process (a sweep's later jobs may quantize)
+        if not sweeping:  # one run in this process (a sweep's later jobs may quantize)
             keep_out_bitsandbytes(cfg)
         from llmft.pipeline import run
 
     from llmft.interrupt import Interrupted
 
-    sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     output_dir = hydra_cfg.runtime.output_dir
     if rendezvous_from_job() and int(os.environ["RANK"]) > 0:  # a Slurm task: only rank 0 writes the run folder
         output_dir = scratch_folder()

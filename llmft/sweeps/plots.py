@@ -36,11 +36,11 @@ def plot_against_parameters(rows: List[Dict], params: List[str], out_dir: Path) 
     import matplotlib.pyplot as plt
 
     done = [r for r in rows if r.get("status") == "completed"]
+    metrics = [(key, label) for key, label in METRICS if any(r.get(key) is not None for r in done)]
     written = []
     for param in params:
         values = sorted({r["params"].get(param, UNSET) for r in done},
                         key=lambda v: (_number(v) is None, _number(v) or 0.0, v))
-        metrics = [(key, label) for key, label in METRICS if any(r.get(key) is not None for r in done)]
         if not values or not metrics:
             continue
         fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False)

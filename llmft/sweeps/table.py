@@ -14,9 +14,6 @@ from llmft.sweeps.plots import plot_against_parameters
 # train on the same data, so they give the same figures)
 COLUMNS = ["job", "overrides", "status", "mean_train_loss_last_epoch", "eval_loss", "perplexity", "tokens_per_s",
            "peak_memory_mb", "trainable_params", "truncated_records", "dropped_records", "duration_s", "reason"]
-# the fine-tuned model's preference figures on validation pairs (summary.json's "preference"), after perplexity;
-# a table shows them when some run has them (runs on pairs), so a sweep of conversations gets no empty columns
-PREFERENCE_COLUMNS = list(PREFERENCE)
 
 
 PLAIN_RUN = "(none: the defaults)"
@@ -87,8 +84,9 @@ def write_comparison(rows: List[Dict], out_dir: Path, name: str = "sweep_summary
 
 
 def table_columns(rows: List[Dict]) -> List[str]:
-    """``COLUMNS``, with the preference figures after perplexity when some row has them."""
-    extra = [c for c in PREFERENCE_COLUMNS if any(row.get(c) is not None for row in rows)]
+    """``COLUMNS``, with the fine-tuned model's preference figures on validation pairs (summary.json's
+    ``preference``) after perplexity when some row has them: a sweep of conversations gets no empty columns."""
+    extra = [c for c in PREFERENCE if any(row.get(c) is not None for row in rows)]
     at = COLUMNS.index("perplexity") + 1
     return COLUMNS[:at] + extra + COLUMNS[at:]
 
