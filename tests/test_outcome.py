@@ -75,6 +75,19 @@ def test_a_run_on_pairs_ends_with_its_preference_figures_and_its_sweep_table_sho
     assert "preference" not in (tmp_path / "conversations" / "sweep_summary.md").read_text()
 
 
+def test_a_summary_json_of_another_shape_is_a_damaged_row_not_a_crash(tmp_path):
+    from llmft.sweeps.table import collect_runs
+
+    for name, text in (("odd_preference", '{"status": "completed", "preference": "oops", "perplexity": 3.0}'),
+                       ("a_list", "[1, 2]")):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text("[]")
+        (tmp_path / name / "summary.json").write_text(text)
+    listed, odd = collect_runs([str(tmp_path)])  # shorter names first
+    assert odd["status"] == "completed" and odd["perplexity"] == 3.0 and "preference_accuracy" not in odd
+    assert listed["status"] == "failed" and "not a JSON object" in listed["reason"]
+
+
 def test_records_cut_counts_records_with_an_example_at_the_limit():
     tokenized = Dataset.from_list([{"record": 0, "input_ids": [1] * 8}, {"record": 1, "input_ids": [1] * 3},
                                    {"record": 2, "input_ids": [1] * 8}, {"record": 2, "input_ids": [1] * 2}])

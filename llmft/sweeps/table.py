@@ -34,7 +34,7 @@ def run_folders(paths: Iterable[str]) -> List[Path]:
 def _summary(folder: Path) -> Dict:
     """The run's summary.json, or what can be said without one (killed, or damaged)."""
     try:
-        return json.loads((folder / "summary.json").read_text())
+        summary = json.loads((folder / "summary.json").read_text())
     except FileNotFoundError:
         steps = sorted((folder / "checkpoints").glob("step-*"))
         if steps:
@@ -43,6 +43,9 @@ def _summary(folder: Path) -> Dict:
         return {"status": "failed", "error": "no summary.json: the job stopped before its run began"}
     except ValueError:
         return {"status": "failed", "error": "summary.json is damaged (not valid JSON)"}
+    if not isinstance(summary, dict):
+        return {"status": "failed", "error": "summary.json is damaged (not a JSON object)"}
+    return summary
 
 
 def collect_runs(paths: Iterable[str]) -> List[Dict]:
@@ -53,7 +56,10 @@ def collect_runs(paths: Iterable[str]) -> List[Dict]:
         summary = _summary(folder)
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
         row = {key: summary.get(key) for key in COLUMNS}
-        row.update((summary.get("preference") or {}).get("finetuned", {}))
+        preference = summary.get("preference")  # another tool's summary.json may hold anything here
+        tuned = preference.get("finetuned") if isinstance(preference, dict) else None
+        if isinstance(tuned, dict):
+            row.update({k: tuned.get(k) for k in PREFERENCE})
         row.update(job=str(folder), overrides=" ".join(overrides or []) or PLAIN_RUN,
                    params=_params(overrides or []), reason=summary.get("reason") or summary.get("error"))
         rows.append(row)
