@@ -79,13 +79,16 @@ def test_a_summary_json_of_another_shape_is_a_damaged_row_not_a_crash(tmp_path):
     from llmft.sweeps.table import collect_runs
 
     for name, text in (("odd_preference", '{"status": "completed", "preference": "oops", "perplexity": 3.0}'),
-                       ("a_list", "[1, 2]")):
+                       ("a_list", "[1, 2]"), ("broken", '{"status": '), ("none", None)):
         (tmp_path / name / ".hydra").mkdir(parents=True)
         (tmp_path / name / ".hydra" / "overrides.yaml").write_text("[]")
-        (tmp_path / name / "summary.json").write_text(text)
-    listed, odd = collect_runs([str(tmp_path)])  # shorter names first
+        if text is not None:
+            (tmp_path / name / "summary.json").write_text(text)
+    none, listed, broken, odd = collect_runs([str(tmp_path)])  # shorter names first
     assert odd["status"] == "completed" and odd["perplexity"] == 3.0 and "preference_accuracy" not in odd
     assert listed["status"] == "failed" and "not a JSON object" in listed["reason"]
+    assert broken["status"] == "failed" and "not valid JSON" in broken["reason"]
+    assert none["status"] == "failed" and "no summary.json" in none["reason"]
 
 
 def test_records_cut_counts_records_with_an_example_at_the_limit():
