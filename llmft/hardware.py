@@ -13,6 +13,10 @@ from typing import FrozenSet, Optional
 
 PRECISION_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # torch's names
 NATIVE_BF16 = {"avx512_bf16", "amx_bf16"}  # the names in /proc/cpuinfo and in torch.cpu.get_capabilities()
+# oneDNN's instruction-set caps (``ONEDNN_MAX_CPU_ISA``) below its first one with bf16 dot products: torch's bf16
+# matrix multiplications are oneDNN's, so under such a cap they are emulated (7.6x fp32's time, measured under AVX2)
+ONEDNN_ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+ONEDNN_BELOW_BF16 = {"sse41", "avx", "avx2", "avx2_vnni", "avx2_vnni_2", "avx512_core", "avx512_core_vnni"}
 CPUINFO = Path("/proc/cpuinfo")
 log = logging.getLogger(__name__)
 
@@ -48,15 +52,22 @@ def resolve_precision(precision: str, device: str) -> str:
         device: ``cpu`` or ``cuda``.
 
     Returns:
-        ``precision`` itself unless it is ``auto``; then ``bf16`` on a CPU with native bf16 and ``fp32`` on other
-        CPUs; on CUDA ``bf16`` where supported, else ``fp16`` (``bf16`` when this machine has no CUDA device to ask,
+        ``precision`` itself unless it is ``auto``; then ``bf16`` on a CPU with native bf16 (unless oneDNN is
+        capped below it: ``onednn_capped``) and ``fp32`` on other CPUs; on CUDA ``bf16`` where supported, else ``fp16`` (``bf16`` when this machine has no CUDA device to ask,
         e.g. when planning for a GPU elsewhere).
     """
     if precision != "auto":
         return precision
     if device == "cuda":
         return "fp16" if cuda_bf16() is False else "bf16"
-    return "bf16" if NATIVE_BF16 & cpu_features() else "fp32"
+    return "bf16" if NATIVE_BF16 & cpu_features() and not onednn_capped() else "fp32"
+
+
+def onednn_capped() -> bool:
+    """Whether ``ONEDNN_MAX_CPU_ISA`` (or its older name ``DNNL_MAX_CPU_ISA``) keeps oneDNN, and so torch's bf16
+    matrix multiplications, below the instructions that compute bf16 natively, whatever the CPU has."""
+    cap = next((os.environ[name] for name in ONEDNN_ISA_VARIABLES if os.environ.get(name)), "")
+    return cap.strip().lower() in ONEDNN_BELOW_BF16
 
 
 def run_device(device: str) -> str:

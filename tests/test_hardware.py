@@ -1,5 +1,7 @@
 """hardware.precision=auto (llmft.hardware): the machine's features decide; only the detection is replaced here."""
 
+import os
+
 import pytest
 
 from llmft import hardware
@@ -20,6 +22,30 @@ def test_auto_on_cpu_follows_native_bf16(monkeypatch, features, expected):
     assert hardware.resolve_precision("auto", "cpu") == expected
     assert hardware.resolve_precision("fp32", "cpu") == "fp32"  # an explicit choice stays
     assert precision_to_dtype("auto", "cpu") == {"fp32": "float32", "bf16": "bfloat16"}[expected]
+
+
+@pytest.mark.parametrize("cap, expected", [
+    ("AVX2", "fp32"), ("avx512_core", "fp32"), ("AVX512_CORE_BF16", "bf16"), ("AVX512_CORE_AMX", "bf16"),
+    ("ALL", "bf16"), ("", "bf16"),
+])
+def test_auto_on_cpu_follows_a_onednn_cap(monkeypatch, cap, expected):
+    """A CPU with AMX whose oneDNN is capped below bf16 (``ONEDNN_MAX_CPU_ISA``) computes bf16 by emulation."""
+    monkeypatch.setattr(hardware, "cpu_features", lambda: AVX2_ONLY | {"avx512f", "avx512_bf16", "amx_bf16"})
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert hardware.resolve_precision("auto", "cpu") == expected
+
+
+def test_torch_agrees_that_a_onednn_cap_removes_bf16():
+    """Under ``ONEDNN_MAX_CPU_ISA=AVX2`` torch's own check says oneDNN has no bf16, and ``auto`` picks fp32."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from llmft.hardware import resolve_precision; "
+            "print(torch.ops.mkldnn._is_mkldnn_bf16_supported(), resolve_precision('auto', 'cpu'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}).stdout.split()
+    assert out == ["False", "fp32"]
 
 
 @pytest.mark.parametrize("supported, expected", [(True, "bf16"), (False, "fp16"), (None, "bf16")],
