@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerFast
 
 from llmft.export import export_run
 from llmft.export.gguf_export import _check_tokenizer
-from llmft.export.gguf_vocab import vocab_writer
+from llmft.export.gguf_vocab import pre_tokenizer_name, vocab_writer
 from llmft.export.gguf_writer import GGUFError, apply_rope_factors, check_supported, write_gguf
 from llmft.export.parity import ParityError, check_parity, sample_conversation
 from tests.conftest import realdata
@@ -94,6 +94,17 @@ def test_a_tiny_qwen2_with_its_real_tokenizer_and_biases_reads_back(tmp_path):
     with torch.no_grad():
         assert torch.allclose(back(ids).logits, model(ids).logits, atol=1e-5)
     assert type(back).__name__ == "Qwen2ForCausalLM" and back.model.layers[0].self_attn.q_proj.bias.abs().sum() > 0
+
+
+def test_pre_tokenizer_names_are_the_ones_llama_cpp_knows():
+    """llama.cpp refuses to load a vocabulary whose ``tokenizer.ggml.pre`` it does not know ("unknown pre-tokenizer
+    type"): GPT-2's byte-level split is ``gpt-2`` there, not ``gpt2`` (the tokenizer model's name), which an
+    earlier llmft wrote for SmolLM2 and llama.cpp 0.3.36 (llama-cpp-python) refused to load."""
+    assert pre_tokenizer_name({"type": "ByteLevel", "use_regex": True}) == "gpt-2"
+    digits = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True},
+                                                     {"type": "ByteLevel", "use_regex": True}]}
+    assert pre_tokenizer_name(digits) == "smollm"
+    assert pre_tokenizer_name({"type": "ByteLevel", "use_regex": False}) == "default"
 
 
 def test_an_unsupported_architecture_or_tokenizer_is_refused_in_one_paragraph():

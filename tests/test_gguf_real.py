@@ -3,6 +3,7 @@
 import importlib.util
 import json
 
+import gguf
 import pytest
 
 from llmft.export import export_run
@@ -39,13 +40,16 @@ def test_the_smollm2_gguf_passes_its_check_and_answers_as_the_merged_model(smoll
     assert len(answers) == 3 and all(a["adapter"] == a["merged"] for a in answers)
     if qtype == "f16":
         assert report["gguf_greedy_matches"] == 3, json.dumps(answers, indent=1)
-    # q8_0: on the default run 1 of 5 answers match (the 4 of 5 is not met, the README says why): each
-    # other one parts where the merged model's top two tokens are within 0.1 logit, a tie the 8-bit rounding tips.
-    # What q8_0 is held to: an answer may part only at such a near tie, never where the merged model was sure.
+    # q8_0: on the default run 1 to 3 of 5 answers match, and the untouched base model keeps 2 of its own 5 (the
+    # issue's 4 of 5 is not met, the README says why): each other one parts where the merged model's top two tokens
+    # are within 0.11 logit, a tie the 8-bit rounding tips. What q8_0 is held to: an answer may part only at such
+    # a near tie, never where the merged model was sure.
     for answer in answers:
         assert answer["margin_where_parted"] is None or \
             abs(answer["margin_where_parted"]) <= report["gguf_max_abs_logit_difference"], json.dumps(answer)
     assert report["gguf_stop_tokens"] == ["<|im_end|>"] and report["parity"]["end_of_turn"] == "<|im_end|>"
+    pre = gguf.GGUFReader(out / "gguf" / "model.gguf").fields["tokenizer.ggml.pre"].contents()
+    assert pre == "gpt-2"  # the name llama.cpp loads (its GPT-2 split), as the cached SmolLM2 tokenizer splits
     f32_bytes = 134_515_008 * 4  # SmolLM2-135M's parameters in float32 (tied embeddings stored once)
     assert report["gguf_bytes"] / f32_bytes < (0.3 if qtype == "q8_0" else 0.55)
     meta = (out / "gguf" / "Modelfile").read_text()

@@ -99,7 +99,7 @@ def pre_tokenizer_name(pre: Optional[dict]) -> str:
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
         return "smollm"
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"  # llama.cpp's name for GPT-2's split (LLAMA_VOCAB_PRE_TYPE_GPT2); "gpt2" is refused
     return "default"
 
 
