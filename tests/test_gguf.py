@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerFast
 
 from llmft.export import export_run
 from llmft.export.gguf_export import _check_tokenizer
-from llmft.export.gguf_vocab import pre_tokenizer_name, vocab_writer
+from llmft.export.gguf_vocab import piece_scores, pre_tokenizer_name, token_table, vocab_writer
 from llmft.export.gguf_writer import GGUFError, apply_rope_factors, check_supported, write_gguf
 from llmft.export.parity import ParityError, check_parity, sample_conversation
 from tests.conftest import realdata
@@ -151,6 +151,54 @@ def test_a_sentencepiece_vocabulary_round_trips_and_the_check_catches_what_gguf_
     empty = {"input_ids": torch.zeros((0, 1), dtype=torch.long), "attention_mask": torch.zeros((0, 1))}
     with pytest.raises(GGUFError, match=r"encodes '<\|system\|>.* differently .* from token 1: run \[\d+"):
         _check_tokenizer(tokenizer, reader, empty, sample_conversation("Be brief."))
+
+
+INDENTED = ["def f(x):\n    return x  # two  spaces\n\n        deeper", "a  b   c    d", "x = {'k':  [1,  2]}",
+            "for i in range(3):\n    print(i)\n\tdone"]
+
+
+def _merge_by_score(text: str, vocab: dict, scores: list) -> list:
+    """SentencePiece's and llama.cpp's BPE on a vocabulary of scored pieces: the text with its word-boundary
+    marks, one character a symbol, then again and again the adjacent pair whose joined piece scores highest."""
+    symbols = list("\u2581" + text.replace(" ", "\u2581"))
+    while True:
+        pairs = [(scores[vocab[a + b]], -i) for i, (a, b) in enumerate(zip(symbols, symbols[1:])) if a + b in vocab]
+        if not pairs:
+            return [vocab[s] if s in vocab else vocab[f"<0x{ord(s):02X}>"] for s in symbols]  # ASCII: one byte
+        i = -max(pairs)[1]
+        symbols[i:i + 2] = [symbols[i] + symbols[i + 1]]
+
+
+def test_sentencepiece_scores_make_llama_cpps_merging_the_bpe_of_training():
+    """llama.cpp tokenizes a SentencePiece-style GGUF by scores, not by the merges list transformers uses: the scores
+    written make the two agree on runs of spaces (indented code), where scores in vocabulary order did not."""
+    tokenizer = AutoTokenizer.from_pretrained(realdata("tokenizers", "phi-3-mini"))
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    tokens, types = token_table(tokenizer, 32064)
+    vocab = {t: i for i, t in enumerate(tokens)}
+    scores = piece_scores(spec, tokens, types)
+    in_order = [-float(i) if t == gguf.TokenType.NORMAL else 0.0 for i, t in enumerate(types)]
+    for text in INDENTED:
+        expected = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert _merge_by_score(text, vocab, scores) == expected, text
+    assert sum(_merge_by_score(t, vocab, in_order) != tokenizer(t, add_special_tokens=False)["input_ids"]
+               for t in INDENTED) == len(INDENTED)  # what vocabulary order gave
+
+
+def test_llama_cpp_itself_reads_the_vocabularies_as_training_tokenized(tmp_path):
+    """Where llama-cpp-python is installed (not a dependency; it builds llama.cpp): both kinds of vocabulary load
+    there and tokenize as transformers does."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    for name, vocab_size in (("phi-3-mini", 32064), ("qwen2-instruct", None)):
+        tokenizer = AutoTokenizer.from_pretrained(realdata("tokenizers", name))
+        vocab_size = vocab_size or len(tokenizer)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+        write_gguf(model, tmp_path / f"{name}.gguf", "f32", name, vocab_writer(tokenizer, vocab_size, None))
+        llm = llama_cpp.Llama(model_path=str(tmp_path / f"{name}.gguf"), vocab_only=True, verbose=False)
+        for text in [*INDENTED, "Héllo, wörld 12345! 你好"]:
+            assert llm.tokenize(text.encode(), add_bos=False, special=True) == \
+                tokenizer(text, add_special_tokens=False)["input_ids"], (name, text)
 
 
 def test_llama3_rope_scaling_goes_into_rope_freqs_as_llama_cpp_reads_it(tmp_path):

@@ -1,5 +1,5 @@
 """The tokenizer in GGUF metadata: byte-level BPE (``tokenizer.ggml.model = gpt2``: SmolLM2, Llama 3, Qwen2) or
-SentencePiece-style BPE with byte fallback (``llama``: TinyLlama, scores in vocabulary order).
+SentencePiece-style BPE with byte fallback (``llama``: TinyLlama, scored so that llama.cpp merges as the BPE does).
 
 Tokens and their types (control for special tokens, user-defined for other added ones, unused for the rows of
 the embedding past the vocabulary) come from the tokenizer itself; the merges, the BOS/EOS/pad ids, the
@@ -12,7 +12,7 @@ import json
 import re
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Dict, List, Optional
 
 import gguf
 from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
@@ -42,8 +42,8 @@ def vocab_writer(tokenizer, vocab_size: int, eot_id: Optional[int]) -> Callable[
         writer.add_tokenizer_pre(pre_tokenizer_name(spec.get("pre_tokenizer")) if kind == "gpt2" else "default")
         writer.add_token_list(tokens)
         writer.add_token_types(types)
-        if kind == "llama":  # SentencePiece ranks pieces by score: the vocabulary's order
-            writer.add_token_scores([-float(i) if t == gguf.TokenType.NORMAL else 0.0 for i, t in enumerate(types)])
+        if kind == "llama":
+            writer.add_token_scores(piece_scores(spec, tokens, types))
             writer.add_add_space_prefix(adds_space_prefix(spec))
         elif not special.merges:  # a vocabulary with no merges: readers then rebuild them from scores (none)
             writer.add_token_scores([0.0] * len(tokens))
@@ -68,6 +68,24 @@ def tokenizer_kind(spec: dict) -> str:
         f"byte fallback (TinyLlama) - and this one is {model.get('type')} with a {decoder.get('type')} decoder. "
         "Export the merged model (llmft-export RUN --merge) and convert it with llama.cpp's "
         "convert_hf_to_gguf.py; nothing was written.")
+
+
+def piece_scores(spec: dict, tokens: List[str], types: List[int]) -> List[float]:
+    """SentencePiece-style scores with which llama.cpp merges as the tokenizer's BPE does.
+
+    llama.cpp joins, again and again, the adjacent pair whose joined piece scores highest; transformers applies the
+    lowest-ranked merge first. So a piece scores minus the rank of the first merge that makes it, and a piece no
+    merge makes scores below them all (single characters and byte or control tokens, which nothing joins into,
+    0). Scores in vocabulary order instead joined runs of spaces differently from training: code indented by four
+    spaces tokenized otherwise in llama.cpp (README, GGUF).
+    """
+    rank: Dict[str, int] = {}
+    for r, merge in enumerate((spec.get("model") or {}).get("merges") or []):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        rank.setdefault(left + right, r)
+    unmade = -float(len(rank) + 1)
+    return [(-float(rank[t] + 1) if t in rank else 0.0 if len(t) == 1 else unmade)
+            if kind == gguf.TokenType.NORMAL else 0.0 for t, kind in zip(tokens, types)]
 
 
 def token_table(tokenizer, vocab_size: int):
