@@ -53,8 +53,8 @@ def resolve_precision(precision: str, device: str) -> str:
 
     Returns:
         ``precision`` itself unless it is ``auto``; then ``bf16`` on a CPU with native bf16 (unless oneDNN is
-        capped below it: ``onednn_capped``) and ``fp32`` on other CPUs; on CUDA ``bf16`` where supported, else ``fp16`` (``bf16`` when this machine has no CUDA device to ask,
-        e.g. when planning for a GPU elsewhere).
+        capped below it: ``onednn_capped``) and ``fp32`` on other CPUs; on CUDA ``bf16`` where supported, else
+        ``fp16`` (``bf16`` when this machine has no CUDA device to ask, e.g. when planning for a GPU elsewhere).
     """
     if precision != "auto":
         return precision
