@@ -57,3 +57,39 @@ def test_the_smollm2_gguf_passes_its_check_and_answers_as_the_merged_model(smoll
     # SmolLM2's template inserts its own system turn when a conversation has none: the Go template does too
     assert 'TEMPLATE """{{- range $i, $m := .Messages }}{{ if and (eq $i 0) (ne $m.Role "system") }}<|im_start|>' \
         'system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n{{ end }}' in meta
+
+
+def test_llama_cpp_runs_the_smollm2_gguf_as_transformers_reads_it(smollm2_run, monkeypatch):
+    """Where llama-cpp-python is installed (not a dependency; it builds llama.cpp): llama.cpp loads the f16 file,
+    tokenizes the chat prompts to the run's ids, and its logits agree with transformers' reading of the file."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp.llama_cpp as bindings
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    defaults = bindings.llama_model_default_params
+
+    def no_repack():  # llama.cpp's AMX repacking crashed here on every quantized file (benchmarks/llama_cpp_check.py)
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    monkeypatch.setattr(bindings, "llama_model_default_params", no_repack)
+    out = smollm2_run / "export-f16"
+    if not out.exists():
+        export_run(str(smollm2_run), out=str(out), gguf="f16")
+    path = out / "gguf" / "model.gguf"
+    tokenizer = AutoTokenizer.from_pretrained(out / "adapter")
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, logits_all=True, verbose=False)
+    for answer in json.loads((out / "export_report.json").read_text())["gguf_answers"]:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": answer["prompt"]}], tokenize=False,
+                                             add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids, text
+        llm.reset()
+        llm.eval(ids)
+        with torch.no_grad():
+            expected = model(torch.tensor([ids])).logits[0].numpy()
+        theirs = torch.tensor(llm.scores[:len(ids)]).numpy()
+        assert abs(theirs - expected).max() < 1e-2 * (expected.max() - expected.min())
