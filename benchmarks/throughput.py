@@ -144,8 +144,7 @@ def main(argv=None) -> None:
               f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
               + (f"; kernels capped at {args.isa}" if args.isa else ""), flush=True)
         peaks = run_worker("peak", [], data_dir, args, log_dir)
-        print(f"Matrix-multiply peak: bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s, fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s",
-              flush=True)
+        print("Matrix-multiply peak: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()), flush=True)
         rows = {}
         for name in names:
             worker, extra = known[name]

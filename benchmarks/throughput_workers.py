@@ -145,11 +145,14 @@ def trl_pair(pair: dict) -> Dict[str, List[int]]:
 
 
 def matmul_peak(seconds: float = 3.0, n: int = 2048) -> Dict[str, float]:
-    """The best matrix-multiply rate (FLOP/s) of ``n x n`` products in bf16 and in fp32, over ``seconds`` each."""
+    """The best matrix-multiply rate (FLOP/s) of ``n x n`` products in bf16 and in fp32, over ``seconds`` each; fp32
+    only where oneDNN is capped below bf16 (``--isa avx2``: one emulated bf16 product takes over a minute)."""
     import torch
 
+    from llmft.hardware import onednn_capped
+
     peaks = {}
-    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))[onednn_capped():]:
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         a @ b  # warm-up
         best, end = float("inf"), time.perf_counter() + seconds
