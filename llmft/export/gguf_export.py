@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmft.evaluation.generation import generate, stop_token_ids
-from llmft.export.gguf_vocab import vocab_writer
+from llmft.export.gguf_vocab import llama_cpp_ids, vocab_writer
 from llmft.export.gguf_writer import GGUFError, apply_rope_factors, write_gguf
 from llmft.export.modelfile import chat_template_pieces, gguf_card, modelfile
 from llmft.export.parity import check_parity
@@ -98,7 +98,8 @@ def _logit_figures(model, probes: dict, reference: torch.Tensor) -> dict:
 
 
 def _check_tokenizer(tokenizer, reader, probes: dict, conversation: List[dict]) -> None:
-    """The GGUF's tokenizer must encode the probe prompts and a rendered conversation to the run's ids."""
+    """The GGUF's tokenizer must encode the probe prompts and a rendered conversation to the run's ids: read back
+    by transformers, and by llama.cpp's rule where that is not transformers' (``llama_cpp_ids``)."""
     rendered = tokenizer.apply_chat_template(conversation, tokenize=False)
     texts = [tokenizer.decode(ids[mask.bool()]) for ids, mask in zip(probes["input_ids"], probes["attention_mask"])]
     for text in [rendered, *texts]:
@@ -108,6 +109,14 @@ def _check_tokenizer(tokenizer, reader, probes: dict, conversation: List[dict]) 
             raise GGUFError(f"the GGUF's tokenizer, read back by transformers, encodes {text[:80]!r} differently "
                             f"from the run's from token {at}: run {ours[at:at + 8]}, GGUF {theirs[at:at + 8]}; "
                             "nothing was written.")
+        theirs = llama_cpp_ids(tokenizer, text)
+        if theirs is not None and theirs != ours:
+            at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+            raise GGUFError(f"llama.cpp would encode {text[:80]!r} differently from the run's tokenizer from token "
+                            f"{at}: run {ours[at:at + 8]}, llama.cpp {theirs[at:at + 8]}. It starts the text after "
+                            "each special token with the word-boundary mark, which this tokenizer puts before the "
+                            "first word only (Metaspace, prepend_scheme first), and GGUF cannot say so. Nothing was "
+                            "written; export the merged model instead (llmft-export RUN --merge).")
 
 
 @torch.no_grad()

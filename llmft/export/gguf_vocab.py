@@ -121,6 +121,27 @@ def pre_tokenizer_name(pre: Optional[dict]) -> str:
     return "default"
 
 
+def llama_cpp_ids(tokenizer, text: str) -> Optional[List[int]]:
+    """The ids llama.cpp gives ``text`` (special tokens parsed) where they follow a rule other than transformers':
+    a SentencePiece-style vocabulary whose Metaspace pre-tokenizer puts the word-boundary mark before the first
+    word only (``prepend_scheme: first``, Phi-3's). llama.cpp starts the text after every special token with a
+    space, which becomes that mark; Llama 2's normalizer (TinyLlama's) prepends it there too, and llama.cpp agrees
+    with it (README, GGUF). None for every other tokenizer."""
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    if tokenizer_kind(spec) != "llama" or '"prepend_scheme": "first"' not in json.dumps(spec.get("pre_tokenizer")):
+        return None
+    specials = sorted((t.content for t in tokenizer.added_tokens_decoder.values()), key=len, reverse=True)
+    if not specials:
+        return tokenizer(" " + text, add_special_tokens=False)["input_ids"] if text else []
+    ids: List[int] = []
+    for i, piece in enumerate(re.split("(" + "|".join(map(re.escape, specials)) + ")", text)):
+        if i % 2:  # the special tokens re.split keeps
+            ids += tokenizer.convert_tokens_to_ids([piece])
+        elif piece:
+            ids += tokenizer(" " + piece, add_special_tokens=False)["input_ids"]
+    return ids
+
+
 def adds_space_prefix(spec: dict) -> bool:
     """Whether SentencePiece-style text starts with the word-boundary mark (Metaspace, or a Prepend normalizer)."""
     text = json.dumps([spec.get("pre_tokenizer"), spec.get("normalizer")])
