@@ -87,7 +87,12 @@ def main(argv: List[str] = None) -> None:
     from llmft.export.probes import held_aside
     from llmft.runs import open_run
 
-    run = open_run(args.run)
+    from llmft.errors import LlmftError
+
+    try:
+        run = open_run(args.run)
+    except LlmftError as exc:
+        parser.error(str(exc))
     prompts = held_aside(run)[0]
     rows = []
     for which in ("merged", "base"):

@@ -62,6 +62,8 @@ def main(argv=None) -> None:
     from llmft.runs import open_run
 
     folder = Path(args.export)
+    if not (folder / "export_report.json").is_file() or not (folder / "gguf" / "model.gguf").is_file():
+        parser.error(f"{folder} is not an export with a GGUF: run llmft-export RUN --gguf f16 (or q8_0...) first")
     report = json.loads((folder / "export_report.json").read_text(encoding="utf-8"))
     run = open_run(report["run"])
     model, loaded = load_quietly(run, quantized=False, dtype="float32", adapter=folder / "adapter", device="cpu")
