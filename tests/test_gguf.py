@@ -274,3 +274,15 @@ def test_llama3_rope_scaling_goes_into_rope_freqs_as_llama_cpp_reads_it(tmp_path
         assert (back(ids).logits - expected).abs().max() > 1e-3  # plain RoPE parts (logits of 0.2 here)
         assert apply_rope_factors(back, tmp_path / "l.gguf")
         assert torch.allclose(back(ids).logits, expected, atol=1e-5)
+
+
+def test_the_export_line_says_whether_parted_answers_parted_at_near_ties():
+    from llmft.export.cli import _ties
+
+    def report(*margins):
+        return {"gguf_max_abs_logit_difference": 1.0, "gguf_answers": [{"margin_where_parted": m} for m in margins]}
+
+    assert _ties(report(None, None)) == ""
+    assert "at most 0.11 logits apart, within the 1 by which" in _ties(report(None, 0.107, -0.0001))
+    assert "3 logits apart, more than the 1" in _ties(report(0.01, 3.0))
+

@@ -50,8 +50,22 @@ def main(argv=None) -> None:
         check += (f"; GGUF {report['gguf_type']} ({report['gguf_bytes'] / 1e6:.1f} MB): max |logit difference| "
                   f"{report['gguf_relative_logit_difference']:.2g} of the range (tolerance "
                   f"{report['gguf_tolerance']:.2g}), greedy answers as the merged model's: "
-                  f"{report['gguf_greedy_matches']} of {len(report['gguf_answers'])}")
+                  f"{report['gguf_greedy_matches']} of {len(report['gguf_answers'])}{_ties(report)}")
     print(f"Exported to {out}{check}")
+
+
+
+def _ties(report: dict) -> str:
+    """Where GGUF answers part from the merged model's, how close to a tie the merged model was there."""
+    margins = [abs(a["margin_where_parted"]) for a in report["gguf_answers"] if a["margin_where_parted"] is not None]
+    if not margins:
+        return ""
+    worst, moved = max(margins), report["gguf_max_abs_logit_difference"]
+    if worst <= moved:
+        return (f" (the others part where the merged model's two likeliest tokens were at most {worst:.2g} logits "
+                f"apart, within the {moved:.2g} by which the file's rounding moves logits: near-ties)")
+    return (f" (one parts where the merged model's two likeliest tokens were {worst:.2g} logits apart, more than "
+            f"the {moved:.2g} by which the file's rounding moves logits: see gguf_answers in export_report.json)")
 
 
 if __name__ == "__main__":
