@@ -214,7 +214,7 @@ def test_llama_cpp_itself_reads_the_vocabularies_as_training_tokenized(tmp_path)
 
 def _phi3_variant(legacy: bool):
     """Phi-3's vocabulary without its markers' rstrip (which GGUF cannot say, tested above): as it is (Metaspace,
-    ``prepend_scheme: first``), or with Llama 2's normalizer in its place (``legacy``, as TinyLlama's)."""
+    ``prepend_scheme: first``), or with Llama 2's normalizer in its place (``legacy``, Llama 2's older conversion)."""
     from tokenizers import Tokenizer
 
     phi3 = AutoTokenizer.from_pretrained(realdata("tokenizers", "phi-3-mini"))

@@ -125,7 +125,7 @@ def llama_cpp_ids(tokenizer, text: str) -> Optional[List[int]]:
     """The ids llama.cpp gives ``text`` (special tokens parsed) where they follow a rule other than transformers':
     a SentencePiece-style vocabulary whose Metaspace pre-tokenizer puts the word-boundary mark before the first
     word only (``prepend_scheme: first``, Phi-3's). llama.cpp starts the text after every special token with a
-    space, which becomes that mark; Llama 2's normalizer (TinyLlama's) prepends it there too, and llama.cpp agrees
+    space, which becomes that mark; Llama 2's older normalizer prepends it there too, and llama.cpp agrees
     with it (README, GGUF). None for every other tokenizer."""
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     if tokenizer_kind(spec) != "llama" or '"prepend_scheme": "first"' not in json.dumps(spec.get("pre_tokenizer")):
