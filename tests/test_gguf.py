@@ -1,6 +1,7 @@
 """llmft-export --gguf: the tiny run's GGUF read back by transformers, a tiny Qwen2 with its real tokenizer, the
 refusals, the parity check, and a failed check that leaves nothing behind."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -94,6 +95,14 @@ def test_a_tiny_qwen2_with_its_real_tokenizer_and_biases_reads_back(tmp_path):
     with torch.no_grad():
         assert torch.allclose(back(ids).logits, model(ids).logits, atol=1e-5)
     assert type(back).__name__ == "Qwen2ForCausalLM" and back.model.layers[0].self_attn.q_proj.bias.abs().sum() > 0
+    if importlib.util.find_spec("llama_cpp"):  # llama.cpp itself, where llama-cpp-python is installed (not in CI)
+        import llama_cpp
+
+        llm = llama_cpp.Llama(model_path=str(tmp_path / "q.gguf"), n_ctx=256, logits_all=True, verbose=False)
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids[0].tolist()
+        llm.eval(ids[0].tolist())
+        with torch.no_grad():
+            assert abs(torch.tensor(llm.scores[:ids.shape[1]]) - model(ids).logits[0]).max() < 1e-3
 
 
 def test_pre_tokenizer_names_are_the_ones_llama_cpp_knows():
@@ -274,6 +283,12 @@ def test_llama3_rope_scaling_goes_into_rope_freqs_as_llama_cpp_reads_it(tmp_path
         assert (back(ids).logits - expected).abs().max() > 1e-3  # plain RoPE parts (logits of 0.2 here)
         assert apply_rope_factors(back, tmp_path / "l.gguf")
         assert torch.allclose(back(ids).logits, expected, atol=1e-5)
+    if importlib.util.find_spec("llama_cpp"):  # llama.cpp itself, where llama-cpp-python is installed (not in CI)
+        import llama_cpp
+
+        llm = llama_cpp.Llama(model_path=str(tmp_path / "l.gguf"), n_ctx=256, logits_all=True, verbose=False)
+        llm.eval(ids[0].tolist())
+        assert abs(torch.tensor(llm.scores[:ids.shape[1]]) - expected[0]).max() < 1e-3
 
 
 def test_the_export_line_says_whether_parted_answers_parted_at_near_ties():
