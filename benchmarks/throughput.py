@@ -42,8 +42,9 @@ SYSTEMS = {
     "llmft-default": ("llmft", []),
     "llmft-packed": ("llmft", ["data.packing=true"]),
     "llmft-lean": ("llmft", ["hardware.gradient_checkpointing=true"]),
-    "llmft-bf16": ("llmft", ["hardware.precision=bf16"]),  # not a default: what auto gives here; under --isa avx2
-}                                                          # what choosing bf16 there would cost
+    # not a default: what auto gives on this CPU; under --isa avx2, what choosing bf16 there would cost
+    "llmft-bf16": ("llmft", ["hardware.precision=bf16"]),
+}
 # llmft with one lever off at a time (precision, length grouping, chunked loss, fused LoRA), to see what each gives
 LEVERS = {
     "llmft-fp32": ("llmft", ["hardware.precision=fp32"]),

@@ -208,16 +208,17 @@ def test_llama_cpp_itself_reads_the_vocabularies_as_training_tokenized(tmp_path)
         for text in [*INDENTED, "Héllo, wörld 12345! 你好"]:
             assert llm.tokenize(text.encode(), add_bos=False, special=True) == \
                 tokenizer(text, add_special_tokens=False)["input_ids"], (name, text)
-    from llmft.export.gguf_vocab import llama_cpp_ids
+    from llmft.export.gguf_vocab import llama_cpp_encoder
 
     model = LlamaForCausalLM(LlamaConfig(vocab_size=32064, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=1))
-    for legacy in (False, True):  # llama_cpp_ids's rule, and that a Llama 2-style normalizer needs none
+    for legacy in (False, True):  # llama_cpp_encoder's rule, and that a Llama 2-style normalizer needs none
         tokenizer = _phi3_variant(legacy)
         write_gguf(model, tmp_path / "v.gguf", "f32", "v", vocab_writer(tokenizer, 32064, None))
         llm = llama_cpp.Llama(model_path=str(tmp_path / "v.gguf"), vocab_only=True, verbose=False)
+        encode = llama_cpp_encoder(tokenizer)
         for text in SPECIAL_TEXTS:
-            expected = llama_cpp_ids(tokenizer, text) or tokenizer(text, add_special_tokens=False)["input_ids"]
+            expected = encode(text) if encode else tokenizer(text, add_special_tokens=False)["input_ids"]
             assert llm.tokenize(text.encode(), add_bos=False, special=True) == expected, (legacy, text)
 
 
@@ -247,10 +248,10 @@ SPECIAL_TEXTS = ["<s>hello", "a</s>\nb", "<s><|user|>\nhi<|end|>\n<|assistant|>\
 def test_the_export_refuses_a_tokenizer_llama_cpp_would_read_otherwise_after_special_tokens():
     """llama.cpp starts the text after a special token with the word-boundary mark; Phi-3's Metaspace puts it
     before the first word only, so the check fails with both sequences; Llama 2's normalizer agrees and passes."""
-    from llmft.export.gguf_vocab import llama_cpp_ids
+    from llmft.export.gguf_vocab import llama_cpp_encoder
 
     first, legacy = _phi3_variant(legacy=False), _phi3_variant(legacy=True)
-    assert llama_cpp_ids(legacy, "<s>hello") is None and llama_cpp_ids(first, "<s>hello") == [1, 22172]
+    assert llama_cpp_encoder(legacy) is None and llama_cpp_encoder(first)("<s>hello") == [1, 22172]
     assert first("<s>hello", add_special_tokens=False)["input_ids"] == [1, 12199]  # "hello" without the mark
     empty = {"input_ids": torch.zeros((0, 1), dtype=torch.long), "attention_mask": torch.zeros((0, 1))}
     with pytest.raises(GGUFError, match=r"llama.cpp would encode .* token \d+: run \[\d+.*llama.cpp \[\d+.*--merge"):

@@ -54,7 +54,6 @@ def main(argv=None) -> None:
     print(f"Exported to {out}{check}")
 
 
-
 def _ties(report: dict) -> str:
     """Where GGUF answers part from the merged model's, how close to a tie the merged model was there."""
     margins = [abs(a["margin_where_parted"]) for a in report["gguf_answers"] if a["margin_where_parted"] is not None]

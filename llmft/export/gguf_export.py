@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmft.evaluation.generation import generate, stop_token_ids
-from llmft.export.gguf_vocab import llama_cpp_ids, vocab_writer
+from llmft.export.gguf_vocab import llama_cpp_encoder, vocab_writer
 from llmft.export.gguf_writer import GGUFError, apply_rope_factors, write_gguf
 from llmft.export.modelfile import chat_template_pieces, gguf_card, modelfile
 from llmft.export.parity import check_parity
@@ -99,19 +99,20 @@ def _logit_figures(model, probes: dict, reference: torch.Tensor) -> dict:
 
 def _check_tokenizer(tokenizer, reader, probes: dict, conversation: List[dict]) -> None:
     """The GGUF's tokenizer must encode the probe prompts and a rendered conversation to the run's ids: read back
-    by transformers, and by llama.cpp's rule where that is not transformers' (``llama_cpp_ids``)."""
+    by transformers, and by llama.cpp's rule where that is not transformers' (``llama_cpp_encoder``)."""
     rendered = tokenizer.apply_chat_template(conversation, tokenize=False)
     texts = [tokenizer.decode(ids[mask.bool()]) for ids, mask in zip(probes["input_ids"], probes["attention_mask"])]
+    llama_cpp = llama_cpp_encoder(tokenizer)
     for text in [rendered, *texts]:
         ours, theirs = (t(text, add_special_tokens=False)["input_ids"] for t in (tokenizer, reader))
         if ours != theirs:
-            at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+            at = _first_difference(ours, theirs)
             raise GGUFError(f"the GGUF's tokenizer, read back by transformers, encodes {text[:80]!r} differently "
                             f"from the run's from token {at}: run {ours[at:at + 8]}, GGUF {theirs[at:at + 8]}; "
                             "nothing was written.")
-        theirs = llama_cpp_ids(tokenizer, text)
-        if theirs is not None and theirs != ours:
-            at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+        theirs = llama_cpp(text) if llama_cpp else ours
+        if theirs != ours:
+            at = _first_difference(ours, theirs)
             raise GGUFError(f"llama.cpp would encode {text[:80]!r} differently from the run's tokenizer from token "
                             f"{at}: run {ours[at:at + 8]}, llama.cpp {theirs[at:at + 8]}. It starts the text after "
                             "each special token with the word-boundary mark, which this tokenizer puts before the "
@@ -119,12 +120,20 @@ def _check_tokenizer(tokenizer, reader, probes: dict, conversation: List[dict]) 
                             "written; export the merged model instead (llmft-export RUN --merge).")
 
 
+def _first_difference(a: List[int], b: List[int]) -> Optional[int]:
+    """The first position where two token sequences differ (the shorter one's length when one extends the other);
+    None when they are equal."""
+    if a == b:
+        return None
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 @torch.no_grad()
 def _parting(merged, tokenizer, conversation: List[dict], a: str, b: str, end_of_turn: int) -> dict:
     """Where two answers part: the tokens they share, and the merged model's margin there - its logit for the
     token it chose minus its logit for the one the GGUF chose (a near tie is one the GGUF's rounding may tip)."""
     ids_a, ids_b = (tokenizer(t, add_special_tokens=False)["input_ids"] + [end_of_turn] for t in (a, b))
-    at = next((i for i, (x, y) in enumerate(zip(ids_a, ids_b)) if x != y), None)
+    at = _first_difference(ids_a, ids_b)  # the end-of-turn token ends both, so neither merely extends the other
     if at is None:
         return {"same_leading_tokens": len(ids_a) - 1, "margin_where_parted": None}
     prompt = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)

@@ -121,25 +121,28 @@ def pre_tokenizer_name(pre: Optional[dict]) -> str:
     return "default"
 
 
-def llama_cpp_ids(tokenizer, text: str) -> Optional[List[int]]:
-    """The ids llama.cpp gives ``text`` (special tokens parsed) where they follow a rule other than transformers':
-    a SentencePiece-style vocabulary whose Metaspace pre-tokenizer puts the word-boundary mark before the first
-    word only (``prepend_scheme: first``, Phi-3's). llama.cpp starts the text after every special token with a
-    space, which becomes that mark; Llama 2's older normalizer prepends it there too, and llama.cpp agrees
-    with it (README, GGUF). None for every other tokenizer."""
+def llama_cpp_encoder(tokenizer) -> Optional[Callable[[str], List[int]]]:
+    """How llama.cpp encodes a text (special tokens parsed) where it follows a rule other than transformers': for a
+    SentencePiece-style vocabulary whose Metaspace pre-tokenizer puts the word-boundary mark before the first word
+    only (``prepend_scheme: first``, Phi-3's). llama.cpp starts the text after every special token with a space,
+    which becomes that mark; Llama 2's older normalizer prepends it there too, and llama.cpp agrees with it
+    (README, GGUF). None for every other tokenizer."""
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     if tokenizer_kind(spec) != "llama" or '"prepend_scheme": "first"' not in json.dumps(spec.get("pre_tokenizer")):
         return None
     specials = sorted((t.content for t in tokenizer.added_tokens_decoder.values()), key=len, reverse=True)
-    if not specials:
-        return tokenizer(" " + text, add_special_tokens=False)["input_ids"] if text else []
-    ids: List[int] = []
-    for i, piece in enumerate(re.split("(" + "|".join(map(re.escape, specials)) + ")", text)):
-        if i % 2:  # the special tokens re.split keeps
-            ids += tokenizer.convert_tokens_to_ids([piece])
-        elif piece:
-            ids += tokenizer(" " + piece, add_special_tokens=False)["input_ids"]
-    return ids
+    split = re.compile("(" + "|".join(map(re.escape, specials)) + ")") if specials else None
+
+    def encode(text: str) -> List[int]:
+        ids: List[int] = []
+        for i, piece in enumerate(split.split(text) if split else [text]):
+            if i % 2:  # the special tokens the split keeps
+                ids += tokenizer.convert_tokens_to_ids([piece])
+            elif piece:
+                ids += tokenizer(" " + piece, add_special_tokens=False)["input_ids"]
+        return ids
+
+    return encode
 
 
 def adds_space_prefix(spec: dict) -> bool:
