@@ -8,15 +8,11 @@ from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_t
 from transformers import PreTrainedModel
 
 from llmft.fused_lora import fuse_lora
+from llmft.quantization import is_quantized
 from llmft.quiet import peft_on_transformers5
 
 log = logging.getLogger(__name__)
 CHECKPOINTING = {"use_reentrant": False}
-
-
-def is_quantized(model: PreTrainedModel) -> bool:
-    """True when bitsandbytes quantized the base weights (4-bit or 8-bit)."""
-    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
 def _keep_4bit_layout_trainable(model: PreTrainedModel) -> None:

@@ -11,7 +11,8 @@ from typing import Any, Dict, Optional, Tuple
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from llmft.adapters import apply_lora, is_quantized
+from llmft.adapters import apply_lora
+from llmft.quantization import is_quantized
 from llmft.data import Splits, load_splits
 from llmft.data.templates import use_chat_template
 from llmft.evaluation import EvalData, run_evaluators

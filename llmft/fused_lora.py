@@ -7,6 +7,9 @@ matrix multiplications, took most of a step (``benchmarks/throughput.py``). Here
 multiplications and one accumulating one (``y = x W^T; y += (x A^T)(s B)^T``), and the backward four small ones
 and one accumulating one, all in the autocast dtype; the gradients equal peft's (``tests/test_fused_lora.py``).
 
+Without dropout, an input that ``llmft.fused_blocks`` produced (an RMSNorm's output, the SwiGLU product) is not kept:
+the function keeps what its producer keeps anyway and rebuilds the input in the backward pass.
+
 Dropout is applied to the LoRA branch's input before the function (its backward is autograd's): on a CPU by
 ``cpu_dropout`` below, elsewhere by peft's own module; the function then keeps the dropped input instead of the
 input, which the frozen base's gradient does not need. Only the plain case is fused: one active adapter, no
@@ -19,6 +22,9 @@ from typing import Any, Optional
 
 import torch
 from peft.tuners.lora import Linear as LoraLinear
+
+from llmft.fused_blocks import fuse_blocks, rebuild_of
+from llmft.quantization import is_quantized
 
 
 DROPOUT_STEPS = 1 << 16  # a CPU dropout probability is rounded to a multiple of 1/65536
@@ -67,17 +73,28 @@ class _LoraLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, dropped: Optional[torch.Tensor], weight: torch.Tensor,
                 bias: Optional[torch.Tensor], lora_a: torch.Tensor, lora_b: torch.Tensor,
-                scaling: float) -> torch.Tensor:
+                scaling: float, rebuild=None) -> torch.Tensor:
         ctx.shapes = (x.shape, x.dtype, lora_a.dtype, lora_b.dtype, scaling)  # the gradients' dtypes: the inputs'
         out, saved = _forward(x, dropped, weight, bias, lora_a, lora_b, scaling)
         ctx.dropout = dropped is not None
+        ctx.rebuilt = None
+        if rebuild is not None:  # keep what rebuilds the input (its producer keeps it anyway), not the input
+            tensors, ctx.rebuilt = rebuild
+            ctx.rebuilt.users += 1
+            ctx.kept = len(tensors)
+            saved = (*tensors, *saved[1:])
         ctx.save_for_backward(*saved)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        source, down, weight, lora_a, scaled_b = ctx.saved_tensors
+        saved = ctx.saved_tensors
         x_shape, x_dtype, a_dtype, b_dtype, scaling = ctx.shapes
+        if ctx.rebuilt is None:
+            source, down, weight, lora_a, scaled_b = saved
+        else:
+            down, weight, lora_a, scaled_b = saved[ctx.kept:]
+            source = ctx.rebuilt.get(saved[:ctx.kept]).reshape(-1, x_shape[-1]).to(weight.dtype)
         grad = grad.reshape(-1, grad.shape[-1]).to(weight.dtype)
         grad_down = grad @ scaled_b  # [tokens, r]
         grad_x = grad_dropped = None
@@ -90,7 +107,7 @@ class _LoraLinearFunction(torch.autograd.Function):
             grad_x = (grad @ weight).addmm_(grad_down, lora_a).view(x_shape).to(x_dtype)
         grad_a = (grad_down.t() @ source).to(a_dtype) if ctx.needs_input_grad[4] else None
         grad_b = (grad.t() @ down).mul_(scaling).to(b_dtype) if ctx.needs_input_grad[5] else None
-        return grad_x, grad_dropped, None, None, grad_a, grad_b, None
+        return grad_x, grad_dropped, None, None, grad_a, grad_b, None, None
 
 
 class FusedLoraLinear(LoraLinear):
@@ -109,7 +126,7 @@ class FusedLoraLinear(LoraLinear):
                 self.scaling[name])
         if not torch.is_grad_enabled():  # evaluation and generation: no graph, so no autograd.Function (65 us a call)
             return _forward(*args)[0]
-        return _LoraLinearFunction.apply(*args)
+        return _LoraLinearFunction.apply(*args, None if dropped is not None else rebuild_of(x))
 
     def _fusable(self) -> bool:
         if self.disable_adapters or self.merged or len(self.active_adapters) != 1:
@@ -124,7 +141,10 @@ class FusedLoraLinear(LoraLinear):
 
 
 def fuse_lora(model: torch.nn.Module) -> int:
-    """Give every peft LoRA ``Linear`` of ``model`` the fused forward (in place); returns how many."""
+    """Give every peft LoRA ``Linear`` of ``model`` the fused forward, and its RMSNorms and SwiGLU MLPs those of
+    ``llmft.fused_blocks`` (in place; not a quantized model's); returns how many LoRA layers."""
+    if not is_quantized(model):
+        fuse_blocks(model)
     count = 0
     for module in model.modules():
         if type(module) is LoraLinear:

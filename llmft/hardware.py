@@ -70,6 +70,30 @@ def onednn_capped() -> bool:
     return cap.strip().lower() in ONEDNN_BELOW_BF16
 
 
+RELEASE_THRESHOLD = 4 * 2**20  # bytes: blocks of this size and above are mapped apart and unmapped when freed
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+
+
+def release_freed_memory(enabled: bool, device: str) -> bool:
+    """With ``hardware.release_memory`` on a CPU: make glibc map every block of ``RELEASE_THRESHOLD`` bytes or more
+    on its own and hand it back to the system when freed (``mallopt(M_MMAP_THRESHOLD)``, which also stops glibc
+    from raising the threshold as it does by default). Without it, the heap keeps what a step frees and, with the
+    backward pass's allocations in between, grows well past the live tensors: in fp32 with gradient checkpointing
+    4.1 GB against 2.1 GB (README, Throughput). The price is a page fault for every page of every large tensor, each
+    time it is allocated. Returns whether the setting took (False off glibc, where it does nothing)."""
+    if not enabled or device != "cpu":
+        return False
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, RELEASE_THRESHOLD))
+    except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt)
+        log.warning("hardware.release_memory=true does nothing here: the C library has no mallopt")
+        return False
+
+
 def run_device(device: str) -> str:
     """The device this process computes on: ``cpu``, or the CUDA device of its rank.
 

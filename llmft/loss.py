@@ -141,6 +141,17 @@ class _FrozenHeadChunk(torch.autograd.Function):
         return grad * grad_output.to(grad.dtype), None, None, None
 
 
+def right_padded(mask: torch.Tensor) -> bool:
+    """Whether every row of an attention mask is its tokens followed by padding, if any.
+
+    Then the mask changes no labelled position's loss: under causal attention a token attends only to the tokens
+    before it, which are its row's own, and padding only follows them. Without it transformers calls torch's
+    attention with ``is_causal`` alone, which keeps the key-value heads unrepeated (grouped-query attention) and
+    builds no ``[length, length]`` mask per layer: for SmolLM2 in fp32, 5 KB less kept per token and layer at 512
+    tokens (``tests/test_loss.py`` holds loss and gradients to those with the mask)."""
+    return bool((mask[:, 1:] <= mask[:, :-1]).all()) and bool(((mask == 0) | (mask == 1)).all())
+
+
 def _labelled_hidden(model: torch.nn.Module, batch: Dict[str, torch.Tensor], chunk_tokens: int):
     """One forward pass: the output layer, its transform, and the hidden states and targets of the labelled
     positions (position t is kept when token t+1 is labelled), with the row each comes from."""
@@ -152,6 +163,8 @@ def _labelled_hidden(model: torch.nn.Module, batch: Dict[str, torch.Tensor], chu
     labels = batch["labels"]
     keep = labels[:, 1:] != IGNORE_INDEX
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if batch.get(k) is not None}
+    if "attention_mask" in inputs and right_padded(inputs["attention_mask"]):
+        del inputs["attention_mask"]
     with _capture_head_input(head) as captured:
         model(**inputs, use_cache=False)
     return head, transform, captured["hidden"][:, :-1][keep], labels[:, 1:][keep], keep.nonzero()[:, 0]

@@ -23,7 +23,7 @@ from llmft.environment import describe_environment
 from llmft.errors import ConfigError, DeviceUnavailableError
 from llmft.evaluation import Perplexity, build_eval_report, preference_figures, samples_markdown
 from llmft.files import WriteError, atomic_write, read_json, write_json, write_manifest
-from llmft.hardware import autocast, resolve_precision, use_device
+from llmft.hardware import autocast, release_freed_memory, resolve_precision, use_device
 from llmft.interrupt import Interrupted
 from llmft.loop import Hardware
 from llmft.loss_curve import draw_loss_curve
@@ -135,6 +135,7 @@ def _train_and_evaluate(cfg: DictConfig, recorder: RunRecorder, resume: bool, re
     spread = build(cfg.get("distributed"))
     on_main_only = loads_on_main_only(spread, cfg.quantization is not None)
     use_device(hardware.device)  # this rank's GPU, current before any weight loads
+    release_freed_memory(hardware.get("release_memory", False), hardware.device)
     with main_process_first(hardware.device):  # the others then read the model and data it cached
         splits = read_splits(cfg, recorder.output_dir, objective)
         loaded = build_model(cfg, hardware.device, empty=on_main_only and not is_main_rank())

@@ -11,6 +11,11 @@ QLORA = NF4  # the option the planner suggests when the weights do not fit (conf
 QLORA_SHARDED = "nf4-sharded"  # the same under FSDP: stored in the compute dtype, so that it is sharded
 
 
+def is_quantized(model) -> bool:
+    """True when bitsandbytes quantized the base weights (4-bit or 8-bit)."""
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
 def scheme(node: Any) -> Tuple[Optional[str], bool]:
     """(``nf4``/``fp4``/``int8``/None, double quantization) of a ``quantization`` config node, a plain dict of its
     keys, or the ``BitsAndBytesConfig`` built from it; (None, False) for none."""

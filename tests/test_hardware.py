@@ -126,3 +126,33 @@ def test_gradient_checkpointing_recomputes_a_short_batch_with_the_kernel_of_its_
     """The recomputation runs in the backward pass: with torch's default kernel there, the checkpoint finds other
     tensors than the forward saved and stops the step (``CheckpointError``)."""
     assert _attention_kernels(tmp_path, 40, checkpointing=True) == {"math"}
+
+
+RSS_AFTER_FREEING = """
+import sys, torch
+from llmft.hardware import release_freed_memory
+print(release_freed_memory(sys.argv[1] == "on", "cpu"))
+torch.ones(4 * 2**20).sum()  # a 16 MiB block freed: glibc raises its threshold and puts what follows in the heap
+big, small = [], []
+for _ in range(40):  # 8 MiB tensors with small ones kept between them, as a step's activations and its bookkeeping
+    big.append(torch.ones(2 * 2**20))
+    small.append(torch.ones(64 * 2**10 // 4))
+del big
+print(int(open("/proc/self/statm").read().split()[1]) * 4096)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads resident memory from Linux's /proc")
+def test_release_memory_hands_freed_blocks_back_to_the_system():
+    import subprocess
+    import sys
+
+    def resident(setting: str):
+        out = subprocess.run([sys.executable, "-c", RSS_AFTER_FREEING, setting], capture_output=True, text=True,
+                             check=True).stdout.split()
+        return out[0] == "True", int(out[1])
+
+    (took_off, kept), (took_on, released) = resident("off"), resident("on")
+    assert not took_off and took_on
+    assert kept - released > 200 * 2**20  # of the 320 MiB freed, the heap kept most; released, they are gone
+    assert not hardware.release_freed_memory(True, "cuda")  # a CPU setting

@@ -61,12 +61,12 @@ def test_tiny_activations_and_logits_by_hand(tiny):
     tokens = 8 * 512
     norm = 4 * 64 + 4                                   # RMSNorm keeps its fp32 input and 1/rms
     lora = 2 * (64 * 4 + 64 * 1 + 16 * 4)               # q, v: fp32 input of lora_A, bool dropout mask, lora_A out
-    attention = 4 * (2 * 4 * 16 + 2 * 4 * 16) + 4 * 4 + 4 * 512  # q, out; k, v repeated to 4 heads; lse; float mask
-    mlp = 3 * 4 * 128                                   # gate, up, silu(gate)
+    attention = 4 * (2 * 4 * 16 + 2 * 2 * 16) + 4 * 4   # q, out; k, v (2 heads: no mask, llmft.loss); lse
+    mlp = 2 * 4 * 128                                   # gate, up (llmft.fused_blocks)
     layer = 2 * norm + lora + attention + mlp
     first = norm + (lora - 2 * 64 * 1) + attention + mlp  # the embeddings carry no gradient: no input norm, no masks
     scaled_b = 2 * 16 * (64 + 32) * 4  # the fused layer keeps s x B of q and v (fp32) in each of the 2 layers
-    expected = (first + layer + norm) * tokens + 8 * 512 * 512 + scaled_b  # + the final norm; + the padding mask
+    expected = (first + layer + norm) * tokens + scaled_b  # + the final norm
     t = terms(plan_memory(tiny))
     assert t["activations"] == expected
     assert t["logits"] == tokens * 259 * (4 + 4 + 4 + 4)   # logits, log-softmax, its gradient, the loss gradient
@@ -99,7 +99,9 @@ def test_llama_1b_at_4096_tokens_on_a_gtx1660_needs_under_1_gib_for_the_loss(mak
     setup = setup_from_cfg(make_cfg(["model=llama-3.2-1b", "hardware=gtx1660-6gb", "data.max_seq_length=4096"]))
     full, chunked = terms(plan_memory(replace(setup, loss_chunk_tokens=0))), terms(plan_memory(setup))  # default
     assert full["logits"] > 13 * GIB and full["evaluation"] > 26 * GIB  # the figures with full logits
-    assert chunked["logits"] < 1 * GIB and chunked.get("evaluation", 0) < 1 * GIB
+    # evaluation: what its no-grad pass (one chunk of logits, one layer's transients) needs above the training step,
+    # which checkpointing keeps small on this profile
+    assert chunked["logits"] < 1 * GIB and chunked.get("evaluation", 0) < 1.5 * GIB
 
 
 def test_nf4_weights_count_double_quantization_and_the_fp32_upcast(tiny):
@@ -196,7 +198,7 @@ def test_a_model_without_figures_or_of_an_unknown_architecture_is_explained(make
 
 
 def test_suggestions_fit_and_keep_the_effective_batch(tiny):
-    tight = replace(tiny, budget_gb=(CPU_BASELINE_BYTES + 40 * 2**20) / GIB)
+    tight = replace(tiny, budget_gb=(CPU_BASELINE_BYTES + 30 * 2**20) / GIB)
     assert not plan_memory(tight).fits
     found = suggest(tight)
     assert found and all(s.plan.fits for s in found)

@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
 from llmft.adapters import apply_lora
 from llmft.hardware import attention_kernel, weights_dtype
+from llmft.loss import right_padded
 from llmft.planning import activations as act
 from llmft.planning.arch import from_config
 from llmft.planning.setup import LoraSpec, Setup
@@ -52,9 +53,9 @@ CASES = {
 }
 
 
-def saved_bytes(model, ids, mask, autocast: bool) -> int:
-    """Bytes of the distinct non-parameter storages the forward pass leaves saved for the backward pass, with the
-    attention kernel that the training loop chooses for the batch (``llmft.hardware.attention_kernel``)."""
+def saved_storage_bytes(model, forward) -> int:
+    """Bytes of the distinct non-parameter storages that ``forward()`` (which returns a loss) leaves saved for the
+    backward pass; transients saved and already freed don't count."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen = []
 
@@ -63,13 +64,21 @@ def saved_bytes(model, ids, mask, autocast: bool) -> int:
             seen.append((weakref.ref(t), t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()))
         return t
 
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = forward()
+    alive = {ptr: n for ref, ptr, n in seen if ref() is not None}
+    assert loss.requires_grad
+    return sum(alive.values())
+
+
+def saved_bytes(model, ids, mask, autocast: bool) -> int:
+    """``saved_storage_bytes`` of the model's own forward and loss, with the attention kernel that the training loop
+    chooses for the batch (``llmft.hardware.attention_kernel``)."""
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     kernel = attention_kernel("bf16" if autocast else "fp32", "cpu", ids.shape[1])
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx, kernel:
-        out = model(input_ids=ids, attention_mask=mask, labels=ids)
-    alive = {ptr: n for ref, ptr, n in seen if ref() is not None}  # transients saved and already freed don't count
-    assert out.loss.requires_grad
-    return sum(alive.values())
+    mask = None if right_padded(mask) else mask  # as llmft.loss calls the model
+    with ctx, kernel:
+        return saved_storage_bytes(model, lambda: model(input_ids=ids, attention_mask=mask, labels=ids).loss)
 
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
@@ -103,7 +112,6 @@ def test_the_activation_formulas_match_what_autograd_saves(tmp_path, case):
                   micro_batch_size=batch, seq_len=seq, attn_implementation=c.get("attn", "sdpa"),
                   fused_lora=c.get("fused", False))
     tokens = batch * seq
-    padding_mask = batch * seq * seq if batch > 1 and setup.attn_implementation == "sdpa" else 0
-    predicted = (sum(act.activations_per_token(setup).values()) * tokens + padding_mask + act.weight_copies(setup)
+    predicted = (sum(act.activations_per_token(setup).values()) * tokens + act.weight_copies(setup)
                  + act.head_cast_bytes(setup) + 4 * SHAPE["vocab_size"] * tokens)  # + the loss's log-softmax
     assert predicted == pytest.approx(measured, rel=0.03), f"{case}: planned {predicted:,.0f}, saved {measured:,}"

@@ -76,7 +76,10 @@ class HardwareConf:
     gradient_accumulation_steps: int = rule(1, "micro-batches per optimizer step", ge=1)
     gradient_checkpointing: bool = rule(False, "recompute activations in the backward pass to save memory")
     fused_lora: bool = rule(True, "compute each plain LoRA layer and its frozen base as one function "
-                            "(llmft/fused_lora.py); false: peft's own forward")
+                            "(llmft/fused_lora.py), and RMSNorm and SwiGLU as llmft/fused_blocks.py does; false: "
+                            "peft's and transformers' own forward")
+    release_memory: bool = rule(False, "CPU: hand freed blocks of 4 MiB and more back to the system at once "
+                                "(less resident memory, slower steps; llmft.hardware.release_freed_memory)")
     memory_budget_gb: float = rule(MISSING, "memory the run may use, in GB of 2^30 bytes (a 6 GB card: 6)", gt=0.0)
     optimizer: Any = rule(MISSING, "a partial optimizer _target_; the trainer adds lr and weight_decay")
     preflight: bool = rule(True, "plan memory before loading and stop a run whose plan exceeds the budget "

@@ -47,12 +47,13 @@ def dtypes(s: Setup) -> Dtypes:
 
 
 def lora_saved(s: Setup, d: Dtypes, targets: Iterable[Linear], input_grad: bool, input_bytes: int,
-               saved_already: bool = False) -> float:
+               saved_already: bool = False, rebuilt: bool = False) -> float:
     """Bytes per token that LoRA branches fed by one tensor (of ``input_bytes`` per element) save.
 
     Fused (``Setup.fused``): each target keeps its input in the compute dtype (the tensor itself, shared by the
-    targets, when it already is, and nothing new when another operation ``saved_already`` it; else a copy each)
-    and ``x A^T`` (``r`` values); with dropout, its dropped input in the compute dtype instead (a new tensor each)
+    targets, when it already is, and nothing new when another operation ``saved_already`` it or, without dropout,
+    when the input is an output of ``llmft.fused_blocks`` that carries a gradient (``rebuilt``): the targets keep
+    what rebuilds it; else a copy each) and ``x A^T`` (``r`` values); with dropout, its dropped input in the compute dtype instead (a new tensor each)
     and a boolean mask (``in`` bytes, when the input carries a gradient: ``llmft.fused_lora.cpu_dropout`` on a CPU,
     CUDA's fused dropout there). peft's forward, per target: the
     input of ``lora_A`` (``lora_in x in``; with dropout 0 and no autocast the targets share the tensor itself), the
@@ -69,7 +70,7 @@ def lora_saved(s: Setup, d: Dtypes, targets: Iterable[Linear], input_grad: bool,
         if s.lora.lora_dropout > 0:
             masks = sum(lin.in_features for lin in targets) if input_grad else 0
             return sum(inputs) + masks + len(targets) * s.lora.r * c
-        kept = (0 if saved_already else max(inputs)) if input_bytes == c else sum(inputs)
+        kept = 0 if rebuilt else (0 if saved_already else max(inputs)) if input_bytes == c else sum(inputs)
         return kept + len(targets) * s.lora.r * c
     inputs = [lin.in_features * d.lora_in for lin in targets]
     kept = max(inputs) if (s.lora.lora_dropout == 0 and not s.autocast) else sum(inputs)
@@ -93,10 +94,9 @@ def math_attention(s: Setup) -> bool:
 def attention_saved(s: Setup, d: Dtypes, grads: str = "qkv") -> float:
     """Bytes per token that one layer's attention saves.
 
-    ``sdpa``: query, key, value and output (``a x d`` per head each) and the log-sum-exp (4 B per head). With
-    padding (a micro-batch of more than one row) transformers passes a mask, so key and value are repeated to ``n`` heads and
-    torch converts the boolean mask to a float one per layer (``a x S`` per token); a micro-batch of 1 needs no
-    mask and keeps ``k`` heads. torch's math kernel, which the loop picks for a short bf16 batch on a CPU
+    ``sdpa``: query (``n`` heads), key and value (``k`` heads: training passes no mask, ``llmft.loss.right_padded``,
+    so torch attends grouped-query without repeating them), output (``a x d`` per head each) and the log-sum-exp
+    (4 B per head). torch's math kernel, which the loop picks for a short bf16 batch on a CPU
     (``llmft.hardware.short_attention``), computes in fp32 and keeps the scaled query and key, the value (``n``
     heads) and the probabilities (``4 x n x S`` per token, quadratic in ``S``), but no output, and only what
     the gradients of ``grads`` need (a first layer with LoRA on q and v keeps no query). ``eager`` keeps the softmax probabilities (fp32, plus a ``c`` copy under autocast:
@@ -110,9 +110,7 @@ def attention_saved(s: Setup, d: Dtypes, grads: str = "qkv") -> float:
     if s.attn_implementation == "eager":
         probs = 4 * n * s.seq_len + (a * n * s.seq_len if a < 4 else 0)
         return 3 * a * n * hd + probs
-    masked = s.rows > 1 and s.attn_implementation == "sdpa"
-    kv_heads = n if masked else k
-    return a * (2 * n * hd + 2 * kv_heads * hd) + 4 * n + (a * s.seq_len if masked else 0)
+    return a * (2 * n * hd + 2 * k * hd) + 4 * n
 
 
 def copied_attention_output(s: Setup) -> bool:
@@ -123,9 +121,12 @@ def copied_attention_output(s: Setup) -> bool:
 
 
 def norm_saved(s: Setup, d: Dtypes) -> int:
-    """Bytes per token one norm keeps: RMSNorm its fp32 input and reciprocal root; Phi's LayerNorm its input, mean
-    and rstd in the residual stream's dtype (bf16 under the CPU's autocast, which leaves layer_norm alone)."""
-    return 4 * s.arch.hidden_size + 4 if s.arch.family != "phi" else d.residual * (s.arch.hidden_size + 2)
+    """Bytes per token one norm keeps: RMSNorm its fp32 input and reciprocal root (``llmft.fused_blocks``: its
+    input in its own dtype); Phi's LayerNorm its input, mean and rstd in the residual stream's dtype (bf16 under
+    the CPU's autocast, which leaves layer_norm alone)."""
+    if s.arch.family == "phi":
+        return d.residual * (s.arch.hidden_size + 2)
+    return (d.residual if s.fused_blocks else 4) * s.arch.hidden_size + 4
 
 
 def layer_saved(s: Setup, d: Dtypes, input_grad: bool = True) -> Dict[str, float]:
@@ -134,7 +135,7 @@ def layer_saved(s: Setup, d: Dtypes, input_grad: bool = True) -> Dict[str, float
     A part saves only when a gradient flows through it: the first layer's input (the embeddings) carries none
     unless input gradients are switched on, so there the input norm and the dropout masks save nothing.
     Llama (RMSNorm): each norm keeps what ``norm_saved`` says; the SwiGLU MLP keeps the
-    gate and up outputs and the activation (``3 x linear x I``). Phi (one LayerNorm, parallel attention and MLP):
+    gate and up outputs and the activation (``3 x linear x I``; ``llmft.fused_blocks``: the gate and up outputs). Phi (one LayerNorm, parallel attention and MLP):
     the norm as ``norm_saved`` says; the tanh-GELU keeps four I-sized tensors; the residual
     dropout keeps two masks (``mask_bytes x h`` each).
     """
@@ -146,7 +147,8 @@ def layer_saved(s: Setup, d: Dtypes, input_grad: bool = True) -> Dict[str, float
     h, i = s.arch.hidden_size, s.arch.intermediate_size
     norm = norm_saved(s, d)
     parts["norms"] += norm if input_grad else 0
-    parts["lora"] += lora_saved(s, d, chosen["attn_in"], input_grad, d.residual)
+    rebuilt = s.fused_blocks and s.fused and s.lora.lora_dropout == 0  # fused LoRA layers rebuild their inputs
+    parts["lora"] += lora_saved(s, d, chosen["attn_in"], input_grad, d.residual, rebuilt=rebuilt and input_grad)
     attn_grad = input_grad or bool(short & {"q_proj", "k_proj", "v_proj"})
     grads = "".join(x for x in "qkv" if input_grad or f"{x}_proj" in short)
     parts["attention"] += attention_saved(s, d, grads) if attn_grad else 0
@@ -156,10 +158,10 @@ def layer_saved(s: Setup, d: Dtypes, input_grad: bool = True) -> Dict[str, float
         return _phi_mlp(s, d, parts, chosen, short, input_grad, out_grad)
     mid_grad = input_grad or out_grad
     parts["norms"] += norm if mid_grad else 0
-    parts["lora"] += lora_saved(s, d, chosen["mlp_in"], mid_grad, d.residual)
+    parts["lora"] += lora_saved(s, d, chosen["mlp_in"], mid_grad, d.residual, rebuilt=rebuilt and mid_grad)
     gate, up = mid_grad or "gate_proj" in short, mid_grad or "up_proj" in short
-    parts["mlp"] += d.linear * i * (2 * gate + up)
-    parts["lora"] += lora_saved(s, d, chosen["mlp_act"], gate or up, d.linear)
+    parts["mlp"] += d.linear * i * ((2 * (gate or up)) if s.fused_blocks else (2 * gate + up))
+    parts["lora"] += lora_saved(s, d, chosen["mlp_act"], gate or up, d.linear, rebuilt=rebuilt and (gate or up))
     return parts
 
 

@@ -12,7 +12,7 @@ CUDA_CONTEXT_BYTES = 0.5 * GIB   # CUDA context, cuBLAS/cuDNN handles, torch and
 CUDA_ALLOCATOR_SLACK = 0.10      # the caching allocator reserves about this much above what it has allocated
 CPU_BASELINE_BYTES = 0.6 * GIB   # resident memory of a training process before its first step (measured: README)
 BITSANDBYTES_BYTES = 48 * 2**20   # of it, bitsandbytes' (measured: a process that keeps it out, llmft.quantization)
-CPU_RETENTION = 0.65             # freed activations that glibc's allocator keeps resident (fitted: README)
+CPU_RETENTION = 1.00             # the backward pass's transients and the freed memory glibc keeps (fitted: README)
 CPU_STARTUP_COPY = 1.0           # several processes: the whole weights' start-up copy, freed, stays resident (README)
 
 
@@ -109,9 +109,7 @@ def _step_terms(s: Setup):
     rows = act.logit_rows(s, tokens)
     logits_stage = act.logits_per_token(s) * rows + act.head_cast_bytes(s) + act.chunked_hidden_bytes(s, tokens)
     parts = act.activations_per_token(s)
-    shared = s.rows * s.seq_len ** 2 if (s.rows > 1 and s.attn_implementation == "sdpa") \
-        else 0  # transformers' boolean padding mask, one for all layers
-    shared += _dora_transient(s) + act.weight_copies(s)
+    shared = _dora_transient(s) + act.weight_copies(s)
     pairs = " (2 rows a pair: chosen and rejected)" if s.rows_per_example == 2 else ""
     where = f"{s.rows} x {s.seq_len} tokens{pairs} x {arch.num_hidden_layers} layers"
     if not s.gradient_checkpointing:
@@ -163,10 +161,10 @@ def _overhead(s: Setup, terms: List[Term]) -> Term:
     GPU: the CUDA context (``CUDA_CONTEXT_BYTES``, outside torch's allocator) and the caching allocator's
     reserve above its allocations (``CUDA_ALLOCATOR_SLACK`` of the peak). CPU: the resident memory of a process
     that has imported torch, transformers, peft, accelerate and datasets and holds the tokenizer and the data
-    (``CPU_BASELINE_BYTES``, less ``BITSANDBYTES_BYTES`` for a run that keeps bitsandbytes out), plus what glibc
-    keeps resident of the step's freed temporaries: the activations and logits of one step are freed and allocated
-    again in the next, and the heap holds on to a share of them
-    (``CPU_RETENTION``). With several processes, one copy of the whole base weights made at start-up and freed
+    (``CPU_BASELINE_BYTES``, less ``BITSANDBYTES_BYTES`` for a run that keeps bitsandbytes out), plus what the
+    backward pass allocates while the saved tensors are alive and what glibc keeps resident of the step's freed
+    temporaries (the activations and logits of one step are freed and allocated again in the next, and the heap
+    holds on to them): ``CPU_RETENTION`` of activations and logits, fitted on measured runs. With several processes, one copy of the whole base weights made at start-up and freed
     stays resident too (``CPU_STARTUP_COPY``): FSDP's whole weights once sharded (with ``cpu_ram_efficient_loading``
     the main process's, and the others' buffers that receive each whole parameter from it), DDP's broadcast of the parameters
     from the main process.
@@ -183,7 +181,7 @@ def _overhead(s: Setup, terms: List[Term]) -> Term:
     return Term("overhead", "framework overhead", baseline + CPU_RETENTION * dynamic + startup,
                 f"CPU process {baseline / GIB:.2f} GiB (Python, torch, transformers, "
                 f"{'bitsandbytes, ' if s.bitsandbytes else ''}tokenizer, data) + "
-                f"{100 * CPU_RETENTION:.0f}% of activations and logits that the heap keeps resident"
+                f"{100 * CPU_RETENTION:.0f}% of activations and logits (the backward pass's transients, what the heap keeps)"
                 + (f" + the whole base weights' start-up copy, freed and kept resident ({startup / 2**20:.0f} MiB: "
                    + ("DDP's broadcast of the parameters)" if s.distributed == "ddp" else
                       "the whole weights the main process shards from; the others' buffers they arrive in)"

@@ -114,6 +114,12 @@ class Setup:
                 and self.lora.bias == "none" and not self.quantization)
 
     @property
+    def fused_blocks(self) -> bool:
+        """Whether training runs the RMSNorms and SwiGLU MLPs through ``llmft.fused_blocks``: with
+        ``hardware.fused_lora``, on an unquantized Llama-family model (``llmft.fused_lora.fuse_lora``)."""
+        return self.fused_lora and not self.quantization and self.arch.family == "llama"
+
+    @property
     def head_by_hand(self) -> bool:
         """Whether training's loss computes the output head's gradient by hand (``llmft.loss``'s
         ``_linear_head_by_hand``): the chunked loss of a one-row objective (SFT; DPO and ORPO recompute their chunks
