@@ -15,9 +15,9 @@ its output for ``lora_A``'s gradient. The MLP's ``act(gate) * up``: the gate and
 
 In fp32 with LoRA on every linear layer that is ``2h + 2I`` values less per token and layer (for SmolLM2-135M 17
 KB of 45, a third of what a training step keeps). A layer is fused when its ``forward`` is compiled from the same
-code as transformers' ``LlamaRMSNorm`` or ``LlamaMLP`` (Mistral, Qwen2, Qwen3, Phi-3's norms and MLPs are
-generated from Llama's) and, for an MLP, its activation is SiLU with no trainable norm weight; anything else keeps
-its own forward.
+code as transformers' ``LlamaRMSNorm`` or ``LlamaMLP`` (Mistral's, Qwen2's and Qwen3's norms and MLPs and Phi-3's
+norm are generated from Llama's), a norm's weight is frozen and an MLP's activation is SiLU; anything else keeps
+its own forward (Gemma's ``1 + w`` norm and GELU MLP, Phi-3's fused gate and up projection).
 """
 
 import types
@@ -90,7 +90,7 @@ class _SwiGLU(torch.autograd.Function):
         gate, up = ctx.saved_tensors
         sig = torch.sigmoid(gate.float())
         silu = gate.float() * sig
-        grad_up = (grad * silu.to(grad.dtype)) if ctx.needs_input_grad[1] else None
+        grad_up = (grad * silu.to(grad.dtype)).to(up.dtype) if ctx.needs_input_grad[1] else None
         grad_gate = None
         if ctx.needs_input_grad[0]:  # silu'(g) = s (1 + g (1 - s))
             d_silu = sig.mul_(silu.neg_().add_(gate.float()).add_(1))
