@@ -88,12 +88,13 @@ class _SwiGLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         gate, up = ctx.saved_tensors
-        sig = torch.sigmoid(gate.float())
-        silu = gate.float() * sig
+        gate_f = gate.float()
+        sig = torch.sigmoid(gate_f)
+        silu = gate_f * sig
         grad_up = (grad * silu.to(grad.dtype)).to(up.dtype) if ctx.needs_input_grad[1] else None
         grad_gate = None
         if ctx.needs_input_grad[0]:  # silu'(g) = s (1 + g (1 - s))
-            d_silu = sig.mul_(silu.neg_().add_(gate.float()).add_(1))
+            d_silu = sig.mul_(silu.neg_().add_(gate_f).add_(1))
             grad_gate = (grad * up).float().mul_(d_silu).to(gate.dtype)
         return grad_gate, grad_up
 

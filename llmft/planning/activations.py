@@ -53,7 +53,8 @@ def lora_saved(s: Setup, d: Dtypes, targets: Iterable[Linear], input_grad: bool,
     Fused (``Setup.fused``): each target keeps its input in the compute dtype (the tensor itself, shared by the
     targets, when it already is, and nothing new when another operation ``saved_already`` it or, without dropout,
     when the input is an output of ``llmft.fused_blocks`` that carries a gradient (``rebuilt``): the targets keep
-    what rebuilds it; else a copy each) and ``x A^T`` (``r`` values); with dropout, its dropped input in the compute dtype instead (a new tensor each)
+    what rebuilds it; else a copy each) and ``x A^T`` (``r`` values); with dropout, its dropped input in the
+    compute dtype instead (a new tensor each)
     and a boolean mask (``in`` bytes, when the input carries a gradient: ``llmft.fused_lora.cpu_dropout`` on a CPU,
     CUDA's fused dropout there). peft's forward, per target: the
     input of ``lora_A`` (``lora_in x in``; with dropout 0 and no autocast the targets share the tensor itself), the
@@ -135,7 +136,8 @@ def layer_saved(s: Setup, d: Dtypes, input_grad: bool = True) -> Dict[str, float
     A part saves only when a gradient flows through it: the first layer's input (the embeddings) carries none
     unless input gradients are switched on, so there the input norm and the dropout masks save nothing.
     Llama (RMSNorm): each norm keeps what ``norm_saved`` says; the SwiGLU MLP keeps the
-    gate and up outputs and the activation (``3 x linear x I``; ``llmft.fused_blocks``: the gate and up outputs). Phi (one LayerNorm, parallel attention and MLP):
+    gate and up outputs and the activation (``3 x linear x I``; ``llmft.fused_blocks``: the gate and up outputs).
+    Phi (one LayerNorm, parallel attention and MLP):
     the norm as ``norm_saved`` says; the tanh-GELU keeps four I-sized tensors; the residual
     dropout keeps two masks (``mask_bytes x h`` each).
     """

@@ -164,7 +164,8 @@ def _overhead(s: Setup, terms: List[Term]) -> Term:
     (``CPU_BASELINE_BYTES``, less ``BITSANDBYTES_BYTES`` for a run that keeps bitsandbytes out), plus what the
     backward pass allocates while the saved tensors are alive and what glibc keeps resident of the step's freed
     temporaries (the activations and logits of one step are freed and allocated again in the next, and the heap
-    holds on to them): ``CPU_RETENTION`` of activations and logits, fitted on measured runs. With several processes, one copy of the whole base weights made at start-up and freed
+    holds on to them): ``CPU_RETENTION`` of activations and logits, fitted on measured runs. With several
+    processes, one copy of the whole base weights made at start-up and freed
     stays resident too (``CPU_STARTUP_COPY``): FSDP's whole weights once sharded (with ``cpu_ram_efficient_loading``
     the main process's, and the others' buffers that receive each whole parameter from it), DDP's broadcast of the parameters
     from the main process.
@@ -181,7 +182,8 @@ def _overhead(s: Setup, terms: List[Term]) -> Term:
     return Term("overhead", "framework overhead", baseline + CPU_RETENTION * dynamic + startup,
                 f"CPU process {baseline / GIB:.2f} GiB (Python, torch, transformers, "
                 f"{'bitsandbytes, ' if s.bitsandbytes else ''}tokenizer, data) + "
-                f"{100 * CPU_RETENTION:.0f}% of activations and logits (the backward pass's transients, what the heap keeps)"
+                f"{100 * CPU_RETENTION:.0f}% of activations and logits (the backward pass's transients, what the "
+                "heap keeps)"
                 + (f" + the whole base weights' start-up copy, freed and kept resident ({startup / 2**20:.0f} MiB: "
                    + ("DDP's broadcast of the parameters)" if s.distributed == "ddp" else
                       "the whole weights the main process shards from; the others' buffers they arrive in)"
