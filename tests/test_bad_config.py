@@ -18,6 +18,8 @@ CASES = [
     ("hardware=tpu", "hardware=tpu is not an option of the hardware group"),
     ("hardware.precision=fp8", "hardware.precision=fp8 is not allowed: choose one of auto, bf16, fp16, fp32"),
     ("trainer.learning_rate=fast", "trainer.learning_rate=fast has the wrong type"),
+    ("hardware.release_memory=${oc.env:HOME}",  # the type is checked only when the interpolation resolves
+     "hardware.release_memory=${oc.env:HOME} has the wrong type: hardware.release_memory takes true or false"),
 ]
 
 

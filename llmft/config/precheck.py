@@ -76,7 +76,12 @@ def check_overrides(overrides: List[str], config_dir: Path = CONFIG_DIR, config_
         raise ConfigError(_composition_error(exc, overrides, config_dir, config_name)) from None
     except OverrideParseException as exc:
         raise ConfigError(f"cannot parse an override: {exc}") from None
-    OmegaConf.resolve(cfg)
+    try:
+        OmegaConf.resolve(cfg)
+    except ValidationError as exc:  # an interpolation whose value does not fit its key's type
+        if not getattr(exc, "full_key", None):
+            raise
+        raise ConfigError(_wrong_type(exc, overrides)) from None
     validate(cfg, bind_targets=False)
     from llmft.data.precheck import check_data_paths  # reads the data module only for a config that composed
 
@@ -192,13 +197,15 @@ def _composition_error(exc: ConfigCompositionException, overrides: List[str], co
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and getattr(cause, "full_key", None):
         return _unknown_key(cause.full_key, overrides, config_dir, config_name)
     if isinstance(cause, ValidationError) and getattr(cause, "full_key", None):
-        value = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == cause.full_key),
-                     None)
-        expected = _expected_type(cause.full_key)
-        return (f"{cause.full_key}={value} has the wrong type: {cause.full_key} takes {expected}. "
-                f"{_help(cause.full_key)}").strip()
+        return _wrong_type(cause, overrides)
     lines = [line for part in (exc, cause) if part is not None for line in str(part).splitlines()[:1]]
     return " ".join(lines) or f"the configuration could not be composed ({type(cause or exc).__name__})."
+
+
+def _wrong_type(cause: ValidationError, overrides: List[str]) -> str:
+    value = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == cause.full_key), None)
+    return (f"{cause.full_key}={value} has the wrong type: {cause.full_key} takes {_expected_type(cause.full_key)}. "
+            f"{_help(cause.full_key)}").strip()
 
 
 def _unknown_key(full_key: str, overrides: List[str], config_dir: Path, config_name: str) -> str:
